@@ -1,0 +1,89 @@
+/*
+ * The delta encoder's weak rolling checksum.  Plain C99, no Python.
+ *
+ * A 32-bit polynomial (Rabin-Karp style) hash over a window of n bytes:
+ *
+ *     weak(x[0..n-1]) = sum over i of (x[i] + 1) * M^(n-1-i)   mod 2^32
+ *
+ * with M = IC_WEAK_MULT.  Sliding the window one byte (drop x_out, take x_in):
+ *
+ *     weak' = weak * M - (x_out + 1) * M^n + (x_in + 1)        mod 2^32
+ *
+ * Why this one: it rolls with one multiply, and unlike the rsync/Adler-style
+ * pair of 16-bit sums it spreads every byte over all 32 bits, so windows that
+ * differ in one byte never collide (M is odd, so (d * M^k) mod 2^32 != 0 for
+ * any byte difference d) and far fewer random windows reach the strong hash.
+ * The "+ 1" makes runs of zero bytes of different lengths hash differently.
+ * It is a filter, not a proof: every match is confirmed with BLAKE2b.
+ */
+#ifndef IRONCORE_ROLLSUM_H
+#define IRONCORE_ROLLSUM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Odd (so multiplying by it is a bijection mod 2^32); 2^32 / golden ratio, so
+ * its bits are irregular and the high bits of a product depend on all bits. */
+#define IC_WEAK_MULT 0x9E3779B1u
+
+/* Per-position byte tables for computing a whole window eight bytes at a time:
+ * t[k][x] = (x + 1) * M^k, and m8 = M^8.  8 KiB; built by ic_weak_tables_init. */
+typedef struct {
+    uint32_t t[8][256];
+    uint32_t m8;
+} ic_weak_tables;
+
+static inline uint32_t ic_weak_pow(uint32_t base, uint64_t e)
+{
+    uint32_t r = 1u;
+    while (e) {
+        if (e & 1u)
+            r *= base;
+        base *= base;
+        e >>= 1;
+    }
+    return r;
+}
+
+static inline void ic_weak_tables_init(ic_weak_tables *wt)
+{
+    uint32_t mk = 1u;
+    for (int k = 0; k < 8; k++) {
+        for (uint32_t x = 0; x < 256; x++)
+            wt->t[k][x] = (x + 1u) * mk;
+        mk *= IC_WEAK_MULT;
+    }
+    wt->m8 = mk;
+}
+
+/* weak() of n bytes.  Horner's rule eight bytes per step; the eight products
+ * within a step are independent table loads, so the dependency chain is one
+ * multiply-add per eight bytes instead of one per byte. */
+static inline uint32_t ic_weak_sum(const ic_weak_tables *wt, const uint8_t *p, size_t n)
+{
+    uint32_t h = 0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        h = h * wt->m8 + (wt->t[7][p[i]] + wt->t[6][p[i + 1]] + wt->t[5][p[i + 2]] +
+                          wt->t[4][p[i + 3]] + wt->t[3][p[i + 4]] + wt->t[2][p[i + 5]] +
+                          wt->t[1][p[i + 6]] + wt->t[0][p[i + 7]]);
+    }
+    for (; i < n; i++)
+        h = h * IC_WEAK_MULT + (uint32_t)p[i] + 1u;
+    return h;
+}
+
+/* Slide one byte; outtab[x] = (x + 1) * M^n for the window length n. */
+static inline uint32_t ic_weak_roll(uint32_t h, uint8_t x_out, uint8_t x_in, const uint32_t outtab[256])
+{
+    return h * IC_WEAK_MULT + (uint32_t)x_in + 1u - outtab[x_out];
+}
+
+static inline void ic_weak_outtab_init(uint32_t outtab[256], uint64_t n)
+{
+    uint32_t mn = ic_weak_pow(IC_WEAK_MULT, n);
+    for (uint32_t x = 0; x < 256; x++)
+        outtab[x] = (x + 1u) * mn;
+}
+
+#endif
