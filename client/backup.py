@@ -1,0 +1,477 @@
+"""One backup run: walk the sources, store what changed, publish one snapshot commit.
+
+Work is spread over threads because every heavy step releases the GIL: the main
+thread reads files and runs the delta search, a hash lane keeps the whole-file
+hash and the next signature in file order, and a pool compresses and encrypts
+blobs. The commit's records are written in file order as their blobs complete,
+so memory stays bounded by the pipeline depth, not by the tree."""
+import bisect
+import errno
+import fnmatch
+import logging
+import os
+import stat
+import tempfile
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+from client.cache import FileCache, entry_digest, version_digest
+from client.fsmeta import kind_of, version_record
+from ironfs.errors import DiskFull, IroncoreError
+from ironfs.format import delta
+from ironfs.format.pack import BLOB_DATA, BLOB_SIGNATURE
+
+logger = logging.getLogger(__name__)
+
+READ_CHUNK = 1 << 20
+DELTA_MIN_SIZE = 256 * 1024      # below this a changed file is simply stored again
+MAX_INFLIGHT = 64                # blobs being sealed at once (x 128 KiB of memory)
+SPOOL_IN_MEMORY = 32 << 20       # literal data of a delta kept in memory before spilling to a temp file
+ZEROS = bytes(READ_CHUNK)
+
+
+class Fallback(Exception):
+    """The delta is not worth it (too much new data or too fragmented)."""
+
+
+def merge_extent(extents: list, blob, offset: int, length: int) -> None:
+    if extents:
+        last = extents[-1]
+        if last[0] == blob and (blob is None or last[1] + last[2] == offset):
+            last[2] += length
+            return
+    extents.append([blob, offset, length])
+
+
+class ExtentSlicer:
+    """Maps byte ranges of an old content onto its extents."""
+
+    def __init__(self, extents: list):
+        self.extents = extents
+        self.starts = []
+        pos = 0
+        for e in extents:
+            self.starts.append(pos)
+            pos += e[2]
+        self.size = pos
+
+    def copy(self, out: list, offset: int, length: int) -> None:
+        i = bisect.bisect_right(self.starts, offset) - 1
+        while length > 0:
+            blob, boff, blen = self.extents[i]
+            skip = offset - self.starts[i]
+            take = min(blen - skip, length)
+            merge_extent(out, blob, boff + skip if blob is not None else 0, take)
+            offset += take
+            length -= take
+            i += 1
+
+
+def data_regions(fd: int, st: os.stat_result):
+    """(start, end) of the data regions of a file; holes in between (sparse files)."""
+    size = st.st_size
+    if st.st_blocks * 512 >= size:
+        yield 0, size
+        return
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return
+            raise
+        if start >= size:
+            return
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        yield start, end
+        pos = end
+
+
+class Backup:
+    """A backup of one set into an open, unlocked volume."""
+
+    def __init__(self, volume, bset, cache_dir: str, progress=None, threads: int | None = None):
+        self.volume = volume
+        self.key = volume.require_key()
+        self.bset = bset
+        self.cache = FileCache(cache_dir, volume.id)
+        self.progress = progress
+        self.threads = threads or max(2, os.cpu_count() or 2)
+        self.max_blob = volume.max_blob
+        self.report = {"files_new": 0, "files_changed": 0, "files_unchanged": 0, "dirs": 0, "other": 0,
+                       "deleted": 0, "bytes_read": 0, "bytes_stored": 0, "blobs_stored": 0, "errors": []}
+        self._pending: deque = deque()
+        self.volume_root = os.fsencode(volume.root)
+
+    # --- pipeline ------------------------------------------------------------------
+    def _seal_job(self, data, blob_type):
+        blob_id = self.key.blob_id(data)
+        if blob_id in self.writer.known_new or self.volume.catalog().has_blob(blob_id):
+            return blob_id, None, len(data), blob_type
+        return blob_id, self.volume.sealer.seal(blob_id, data), len(data), blob_type
+
+    def _store_blob(self, data, blob_type=BLOB_DATA):
+        """Queue a blob; returns its future (resolved to the blob id via the queue)."""
+        fut = self.pool.submit(self._seal_job, data, blob_type)
+        self._push(fut, self._blob_done)
+        return fut
+
+    def _blob_done(self, result):
+        blob_id, sealed, raw_len, blob_type = result
+        if sealed is not None and blob_id not in self.writer.known_new:
+            self.writer.add_blob(blob_id, blob_type, sealed, raw_len)
+            self.report["bytes_stored"] += len(sealed)
+            self.report["blobs_stored"] += 1
+
+    def _push(self, fut, fn):
+        self._pending.append((fut, fn))
+        while self._pending and (self._pending[0][0] is None or self._pending[0][0].done()
+                                 or len(self._pending) > MAX_INFLIGHT):
+            self._pop()
+
+    def _pop(self):
+        fut, fn = self._pending.popleft()
+        fn(fut.result() if fut is not None else None)
+
+    def _drain(self):
+        while self._pending:
+            self._pop()
+
+    def _emit(self, fn):
+        """Run fn (which writes records) after every blob queued before it."""
+        self._push(None, lambda _: fn())
+
+    # --- run -------------------------------------------------------------------------
+    def run(self) -> dict:
+        started = time.time()
+        catalog = self.volume.refresh()
+        snaps = catalog.snapshots(include_forgotten=True)
+        latest = snaps[-1]["seq"] if snaps else 0
+        if self.cache.seq != latest:
+            logger.info("file cache is at snapshot %s, volume at %s: rebuilding the cache", self.cache.seq, latest)
+            self.cache.reset_from_catalog(catalog, latest, entry_digest)
+        self.unsound = {r[0] for r in catalog.db.execute(
+            "SELECT DISTINCT cb.content FROM content_blobs cb LEFT JOIN blobs b ON b.id = cb.blob "
+            "WHERE b.id IS NULL OR b.damaged = 1")}
+        with self.volume.writer() as self.writer, ThreadPoolExecutor(self.threads) as self.pool, \
+                ThreadPoolExecutor(1) as self.hash_lane:
+            self.run_id = self.cache.begin()
+            self.commit = self.writer.start_commit("snapshot", sources=list(self.bset.sources), set=self.bset.name)
+            try:
+                for source in self._roots():
+                    self._walk_root(source)
+                self._drain()
+                for path in self.cache.unseen(self.run_id):
+                    self.commit.add({"t": "del", "p": path})
+                    self.report["deleted"] += 1
+                self.cache.drop_unseen(self.run_id)
+                self.report["duration_s"] = round(time.time() - started, 3)
+                self.commit.add({"t": "stats", **{k: v for k, v in self.report.items() if k != "errors"},
+                                 "errors": len(self.report["errors"])})
+                seq = self.writer.finish_commit(self.commit)
+            except BaseException:
+                self.commit.abort()
+                self.cache.rollback()
+                for fut, _ in self._pending:
+                    if fut is not None:
+                        fut.cancel()
+                raise
+            self.cache.commit(seq)
+        self.cache.close()
+        self.report["snapshot"] = seq
+        return self.report
+
+    def _roots(self) -> list[bytes]:
+        roots = sorted({os.fsencode(os.path.abspath(s)).rstrip(b"/") or b"/" for s in self.bset.sources})
+        kept = []
+        for r in roots:
+            if not any(r == k or r.startswith(k.rstrip(b"/") + b"/") for k in kept):
+                kept.append(r)
+        return kept
+
+    def _excluded(self, path: bytes, name: bytes) -> bool:
+        if path == self.volume_root:
+            return True   # never back a volume up into itself
+        for pattern in self.bset.excludes:
+            p = os.fsencode(pattern)
+            if fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(path, p):
+                return True
+        return False
+
+    def _error(self, path: bytes, message: str) -> None:
+        shown = os.fsdecode(path)
+        logger.warning("%s: %s", shown, message)
+        self.report["errors"].append({"path": shown, "error": message})
+
+    # --- walking ----------------------------------------------------------------
+    def _walk_root(self, root: bytes) -> None:
+        parts = [p for p in root.split(b"/") if p]
+        for i in range(1, len(parts)):   # the folders above the source, with their own metadata
+            self._entry(b"/" + b"/".join(parts[:i]), recurse=False)
+        if not parts:
+            self._walk_dir(b"/")
+        else:
+            self._entry(root, recurse=True)
+
+    def _entry(self, abspath: bytes, recurse: bool, st: os.stat_result | None = None) -> None:
+        rel = abspath.lstrip(b"/")
+        try:
+            st = st or os.lstat(abspath)
+        except FileNotFoundError:
+            self._error(abspath, "has been removed already")
+            return
+        except OSError as exc:
+            self._keep_old(rel, abspath, exc)
+            return
+        kind = kind_of(st)
+        if kind is None:
+            return  # sockets and the like are not backed up
+        try:
+            rec = version_record(abspath, rel, st, kind)
+        except FileNotFoundError:
+            self._error(abspath, "has been removed already")
+            return
+        except OSError as exc:
+            self._keep_old(rel, abspath, exc)
+            return
+        if kind == "f":
+            self._file(abspath, rel, st, rec)
+        else:
+            self._record(rel, st, rec, None)
+            if kind == "d":
+                self.report["dirs"] += 1
+                if recurse:
+                    self._walk_dir(abspath)
+            else:
+                self.report["other"] += 1
+        if self.progress:
+            self.progress.entry(st.st_size if kind == "f" else 0)
+
+    def _keep_old(self, rel: bytes, abspath: bytes, exc: OSError) -> None:
+        """An unreadable entry keeps its previous version (and subtree) in the snapshot."""
+        self._error(abspath, f"cannot be read: {exc.strerror or exc}")
+        self.cache.keep(rel, self.run_id)
+
+    def _walk_dir(self, abspath: bytes) -> None:
+        try:
+            with os.scandir(abspath) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except FileNotFoundError:
+            self._error(abspath, "has been removed already")
+            return
+        except OSError as exc:
+            self._keep_old(abspath.lstrip(b"/"), abspath, exc)
+            return
+        for e in entries:
+            path = e.path
+            if self._excluded(path, e.name):
+                continue
+            try:
+                st = e.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                self._error(path, "has been removed already")
+                continue
+            except OSError:
+                st = None
+            self._entry(path, recurse=True, st=st)
+
+    def _record(self, rel: bytes, st, rec: dict, content) -> None:
+        if content is not None:
+            rec["c"] = content
+        digest = version_digest(rec)
+        old = self.cache.get(rel)
+        if old is None or old[6] != digest:
+            self.commit.add(rec)
+        self.cache.put(rel, self.run_id, rec["k"], st, digest, content)
+
+    # --- files ------------------------------------------------------------------------
+    def _file(self, abspath: bytes, rel: bytes, st, rec: dict) -> None:
+        old = self.cache.get(rel)
+        if old is not None and old[0] == "f" and old[7] is not None and old[7] not in self.unsound \
+                and (old[1], old[2], old[3], old[4], old[5]) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                                                 st.st_ino, st.st_dev):
+            self.report["files_unchanged"] += 1
+            self._record(rel, st, rec, old[7])
+            return
+        moved = self.cache.by_inode(st.st_dev, st.st_ino)
+        if moved is not None and moved[0] != rel and (moved[1], moved[2]) == (st.st_size, st.st_mtime_ns) \
+                and moved[3] is not None and moved[3] not in self.unsound and old is None:
+            self.report["files_new"] += 1
+            self._record(rel, st, rec, moved[3])   # a rename: same inode, same data
+            return
+        basis = None
+        if old is not None and old[0] == "f" and old[7] not in self.unsound:
+            basis = old[7]
+        elif moved is not None and moved[3] not in self.unsound:
+            basis = moved[3]
+        self.report["files_changed" if old is not None else "files_new"] += 1
+        try:
+            fd = os.open(abspath, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0))
+        except FileNotFoundError:
+            self._error(abspath, "has been removed already")
+            return
+        except PermissionError:
+            fd = None
+        if fd is None:
+            try:
+                fd = os.open(abspath, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError as exc:
+                self._keep_old(rel, abspath, exc)
+                return
+        try:
+            content_rec = None
+            if basis is not None and st.st_size >= DELTA_MIN_SIZE and st.st_blocks * 512 >= st.st_size:
+                try:
+                    content_rec = self._store_delta(fd, st, basis)
+                except Fallback:
+                    os.lseek(fd, 0, os.SEEK_SET)
+            if content_rec is None:
+                content_rec = self._store_whole(fd, st)
+        except DiskFull:
+            raise
+        except OSError as exc:
+            self._keep_old(rel, abspath, exc)
+            return
+        finally:
+            os.close(fd)
+        rec["size"] = content_rec["size"]
+
+        def finish():
+            content_rec["ext"] = [[e[0].result()[0] if hasattr(e[0], "result") else e[0], e[1], e[2]]
+                                  for e in content_rec["ext"]]
+            content_rec["sig"] = [f.result()[0] for f in content_rec["sig"]]
+            if not self.volume.catalog().content_is_sound(content_rec["id"]) or content_rec["id"] in self.unsound:
+                self.commit.add(content_rec)
+            self._record(rel, st, rec, content_rec["id"])
+        self._emit(finish)
+
+    def _hash_and_sign(self, size: int):
+        hasher = self.key.content_hasher()
+        builder = delta.SignatureBuilder(delta.block_size_for(size)) if size >= DELTA_MIN_SIZE else None
+
+        def update(chunk):
+            hasher.update(chunk)
+            if builder is not None:
+                builder.update(chunk)
+        return hasher, builder, update
+
+    def _signature_blobs(self, builder) -> list:
+        if builder is None:
+            return []
+        sig = builder.finish().to_bytes()
+        return [self._store_blob(sig[i:i + self.max_blob], BLOB_SIGNATURE) for i in range(0, len(sig), self.max_blob)]
+
+    def _read(self, fd: int, offset: int, length: int) -> bytes:
+        data = os.pread(fd, length, offset)
+        self.report["bytes_read"] += len(data)
+        if self.progress:
+            self.progress.bytes(len(data))
+        return data
+
+    def _store_whole(self, fd: int, st) -> dict:
+        hasher, builder, update = self._hash_and_sign(st.st_size)
+        lane = []
+        extents = []
+        pos = 0
+        for start, end in data_regions(fd, st):
+            if start > pos:
+                extents.append([None, 0, start - pos])
+                lane.append(self.hash_lane.submit(self._zeros, update, start - pos))
+            pos = start
+            while pos < end:
+                want = min(end, (pos // self.max_blob + 1) * self.max_blob) - pos
+                data = self._read(fd, pos, want)
+                if not data:
+                    break
+                lane.append(self.hash_lane.submit(update, data))
+                extents.append([self._store_blob(data), 0, len(data)])
+                pos += len(data)
+                if len(data) < want:
+                    break
+            if pos < end:
+                break   # the file shrank while we read it
+        else:
+            if st.st_size > pos:   # a trailing hole
+                extents.append([None, 0, st.st_size - pos])
+                lane.append(self.hash_lane.submit(self._zeros, update, st.st_size - pos))
+                pos = st.st_size
+        for f in lane:
+            f.result()
+        return {"t": "content", "id": hasher.digest(), "size": pos, "ext": extents,
+                "sig": self._signature_blobs(builder), "bs": builder.block_size if builder else None}
+
+    @staticmethod
+    def _zeros(update, length: int) -> None:
+        while length > 0:
+            n = min(length, len(ZEROS))
+            update(memoryview(ZEROS)[:n])
+            length -= n
+
+    def _load_signature(self, basis: dict):
+        raw = b"".join(self.volume.read_blob(b) for b in basis["sig"])
+        return delta.Signature.from_bytes(raw)
+
+    def _store_delta(self, fd: int, st, basis_id: bytes) -> dict:
+        basis = self.volume.catalog().content(basis_id)
+        if basis is None or not basis["sig"]:
+            raise Fallback()
+        try:
+            sig = self._load_signature(basis)
+        except IroncoreError as exc:
+            logger.info("no usable signature for a delta basis (%s); storing the file whole", exc)
+            raise Fallback() from None
+        slicer = ExtentSlicer(basis["ext"])
+        size = st.st_size
+        hasher, builder, update = self._hash_and_sign(size)
+        encoder = delta.Encoder(sig)
+        ops = []          # [("c", old_offset, length) | ("l", spool_offset, length)]
+        literal = 0
+        max_ops = max(256, size // 16384)
+        lane = []
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
+            def take(new_ops):
+                nonlocal literal
+                for op in new_ops:
+                    if op[0] == delta.COPY:
+                        if ops and ops[-1][0] == "c" and ops[-1][1] + ops[-1][2] == op[1]:
+                            ops[-1][2] += op[2]
+                        else:
+                            ops.append(["c", op[1], op[2]])
+                    else:
+                        data = op[1]
+                        if ops and ops[-1][0] == "l":
+                            ops[-1][2] += len(data)
+                        else:
+                            ops.append(["l", spool.tell(), len(data)])
+                        spool.write(data)
+                        literal += len(data)
+                if literal > size // 2 or len(ops) > max_ops:
+                    raise Fallback()
+
+            pos = 0
+            while pos < size:
+                data = self._read(fd, pos, min(READ_CHUNK, size - pos))
+                if not data:
+                    break
+                lane.append(self.hash_lane.submit(update, data))
+                take(encoder.feed(data))
+                pos += len(data)
+            take(encoder.finish())
+            for f in lane:
+                f.result()
+            extents = []
+            for kind, a, n in ops:
+                if kind == "c":
+                    slicer.copy(extents, a, n)
+                    continue
+                spool.seek(a)
+                while n > 0:
+                    data = spool.read(min(n, self.max_blob))
+                    extents.append([self._store_blob(data), 0, len(data)])
+                    n -= len(data)
+        if len(extents) > max_ops * 2:
+            raise Fallback()
+        return {"t": "content", "id": hasher.digest(), "size": pos, "ext": extents,
+                "sig": self._signature_blobs(builder), "bs": builder.block_size if builder else None}

@@ -1,0 +1,112 @@
+"""The client's file cache: what each path looked like at the last snapshot, so an
+unchanged file (same size, mtime, ctime, inode) is neither read nor sent again.
+
+It is a SQLite file per volume under $IRONCORE_HOME/cache. Every run writes in
+one transaction that commits only after the volume's commit did; a lost or stale
+cache is rebuilt from the volume's catalog (then files are read and hashed once
+more, and dedup keeps them from being stored again)."""
+import hashlib
+import os
+import sqlite3
+
+import msgpack
+
+from ironfs.format.catalog import ROOT
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);
+CREATE TABLE IF NOT EXISTS entries(path BLOB PRIMARY KEY, run INTEGER NOT NULL, kind TEXT NOT NULL,
+    size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER, dev INTEGER, vdigest BLOB, content BLOB);
+CREATE INDEX IF NOT EXISTS entries_ino ON entries(dev, ino);
+"""
+
+
+class FileCache:
+    def __init__(self, folder: str, volume_id: bytes):
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        self.path = os.path.join(folder, volume_id.hex() + ".db")
+        self.db = sqlite3.connect(self.path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(SCHEMA)
+        self.volume_id = volume_id
+
+    @property
+    def seq(self) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key='seq'").fetchone()
+        return int(row[0]) if row else 0
+
+    def begin(self) -> int:
+        """Start a run's transaction; returns the run number."""
+        self.db.execute("BEGIN IMMEDIATE")
+        row = self.db.execute("SELECT value FROM meta WHERE key='run'").fetchone()
+        run = (int(row[0]) if row else 0) + 1
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES('run', ?)", (run,))
+        return run
+
+    def commit(self, seq: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES('seq', ?)", (seq,))
+        self.db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+
+    def get(self, path: bytes):
+        return self.db.execute("SELECT kind, size, mtime_ns, ctime_ns, ino, dev, vdigest, content FROM entries "
+                               "WHERE path=?", (path,)).fetchone()
+
+    def by_inode(self, dev: int, ino: int):
+        return self.db.execute("SELECT path, size, mtime_ns, content FROM entries WHERE dev=? AND ino=? AND kind='f' "
+                               "LIMIT 1", (dev, ino)).fetchone()
+
+    def put(self, path: bytes, run: int, kind: str, st: os.stat_result | None, vdigest: bytes, content: bytes | None):
+        self.db.execute("INSERT OR REPLACE INTO entries VALUES(?,?,?,?,?,?,?,?,?,?)",
+                        (path, run, kind, st and st.st_size, st and st.st_mtime_ns, st and st.st_ctime_ns,
+                         st and st.st_ino, st and st.st_dev, vdigest, content))
+
+    def keep(self, path: bytes, run: int) -> None:
+        """Carry an entry (and everything below it) into this run unchanged."""
+        self.db.execute("UPDATE entries SET run=? WHERE path=? OR (path > ? AND path < ?)",
+                        (run, path, path + b"/", path + b"0"))
+
+    def unseen(self, run: int):
+        """Paths of the previous snapshot not met in this run (a cursor: bounded memory)."""
+        return (r[0] for r in self.db.execute("SELECT path FROM entries WHERE run != ?", (run,)))
+
+    def drop_unseen(self, run: int) -> None:
+        self.db.execute("DELETE FROM entries WHERE run != ?", (run,))
+
+    def reset_from_catalog(self, catalog, snapshot: int, digest_of) -> None:
+        """Rebuild from the volume's view of `snapshot`: no inode or ctime is known,
+        so every file is read once more on the next run (and deduplicated)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute("DELETE FROM entries")
+        if snapshot:
+            stack = [(ROOT, b"")]
+            while stack:
+                parent, prefix = stack.pop()
+                for e in catalog.iter_dir(parent, snapshot):
+                    path = prefix + b"/" + e.name if prefix else e.name
+                    self.db.execute("INSERT INTO entries(path, run, kind, size, mtime_ns, vdigest, content) "
+                                    "VALUES(?,0,?,?,?,?,?)", (path, e.kind, e.size, e.mtime_ns, digest_of(e), e.content))
+                    if e.kind == "d":
+                        stack.append((e.path_id, path))
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES('seq', ?)", (snapshot,))
+        self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def version_digest(rec: dict) -> bytes:
+    """A stable digest of a version's stored fields (path excluded)."""
+    fields = [rec.get(k) for k in ("k", "mode", "uid", "gid", "user", "group", "mtime_ns", "size", "c", "target",
+                                   "x", "rdev")]
+    return hashlib.blake2b(msgpack.packb(fields, use_bin_type=True), digest_size=16).digest()
+
+
+def entry_digest(e) -> bytes:
+    """version_digest of a catalog Entry, equal to that of the record it came from."""
+    return version_digest({"k": e.kind, "mode": e.mode, "uid": e.uid, "gid": e.gid, "user": e.user, "group": e.group,
+                           "mtime_ns": e.mtime_ns, "size": e.size, "c": e.content, "target": e.target,
+                           "x": e.xattrs or None, "rdev": e.rdev})

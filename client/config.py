@@ -1,0 +1,92 @@
+"""Client state under $IRONCORE_HOME (default ~/.ironcore, the seed's .ICM folder):
+one JSON file per backup set in sets/, and the file caches in cache/."""
+import json
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from urllib.parse import unquote, urlparse
+
+from ironfs.errors import NotFound, UsageError
+from ironfs.format.fsutil import write_atomic
+
+SET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def home() -> str:
+    path = os.environ.get("IRONCORE_HOME") or os.path.join(os.path.expanduser("~"), ".ironcore")
+    os.makedirs(os.path.join(path, "sets"), mode=0o700, exist_ok=True)
+    os.makedirs(os.path.join(path, "cache"), mode=0o700, exist_ok=True)
+    return path
+
+
+@dataclass
+class BackupSet:
+    name: str
+    sources: list[str]
+    destination: str
+    excludes: list[str] = field(default_factory=list)
+
+    @property
+    def volume_dir(self) -> str:
+        """The local volume folder of a file:// destination."""
+        url = urlparse(self.destination)
+        if url.scheme != "file" or url.netloc not in ("", "localhost"):
+            raise UsageError(f"Destination {self.destination!r} is not a local folder (file:///DIR).")
+        return unquote(url.path)
+
+
+def check_name(name: str) -> str:
+    if not SET_NAME_RE.match(name):
+        raise UsageError(f"{name!r} is not a valid set name.",
+                         "Use letters, digits, '.', '_' and '-', starting with a letter or digit.")
+    return name
+
+
+def check_destination(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.scheme != "file" or not parsed.path.startswith("/"):
+        raise UsageError(f"Destination {url!r} is not supported yet.", "Use file:///ABSOLUTE/DIR.")
+    return url
+
+
+def set_path(name: str) -> str:
+    return os.path.join(home(), "sets", check_name(name) + ".json")
+
+
+def save_set(bset: BackupSet) -> None:
+    write_atomic(set_path(bset.name), json.dumps(asdict(bset), indent=1).encode())
+
+
+def load_set(name: str) -> BackupSet:
+    try:
+        with open(set_path(name)) as f:
+            return BackupSet(**json.load(f))
+    except FileNotFoundError:
+        raise NotFound(f"There is no backup set named {name!r} on this machine.",
+                       "List sets with 'ironcore set list' or add one with 'ironcore set add'.") from None
+
+
+def list_sets() -> list[BackupSet]:
+    folder = os.path.join(home(), "sets")
+    return [load_set(n[:-5]) for n in sorted(os.listdir(folder)) if n.endswith(".json")]
+
+
+def read_secret(password_stdin: bool, confirm: bool = False, env: str = "IRONCORE_PASSWORD") -> bytes:
+    """The set's secret: --password-stdin, else the environment, else a terminal prompt."""
+    if password_stdin:
+        line = sys.stdin.buffer.readline().rstrip(b"\r\n")
+        if not line:
+            raise UsageError("--password-stdin was given but standard input held no password.")
+        return line
+    if os.environ.get(env):
+        return os.environ[env].encode()
+    if sys.stdin.isatty():
+        import getpass
+        secret = getpass.getpass("Password: ").encode()
+        if confirm and getpass.getpass("Password again: ").encode() != secret:
+            raise UsageError("The two passwords differ.")
+        if not secret:
+            raise UsageError("An empty password is not allowed.")
+        return secret
+    raise UsageError("No password given.", f"Use --password-stdin or set {env}.")

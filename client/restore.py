@@ -1,0 +1,243 @@
+"""Restore a snapshot (or a path in it) into a folder.
+
+Every entry is created relative to its parent folder's file descriptor with
+O_NOFOLLOW, and names are checked on the way out of the catalog, so nothing is
+ever written outside the target, even through a symlink restored earlier in the
+same run. A file whose data cannot be had whole is removed and reported; the
+rest of the restore goes on and the run ends non-zero."""
+import errno
+import logging
+import os
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+from client.fsmeta import apply_metadata
+from ironfs.errors import CorruptData, IroncoreError, NotFound
+from ironfs.format.catalog import ROOT, split_path
+
+logger = logging.getLogger(__name__)
+
+PREFETCH = 16
+
+
+class BlobCache:
+    """A small LRU of decrypted blobs: delta extents often revisit one blob."""
+
+    def __init__(self, volume, limit_bytes: int = 64 << 20):
+        self.volume = volume
+        self.limit = limit_bytes
+        self.size = 0
+        self.items: OrderedDict[bytes, bytes] = OrderedDict()
+
+    def get(self, blob_id: bytes):
+        data = self.items.get(blob_id)
+        if data is not None:
+            self.items.move_to_end(blob_id)
+        return data
+
+    def put(self, blob_id: bytes, data: bytes) -> None:
+        if blob_id in self.items:
+            return
+        self.items[blob_id] = data
+        self.size += len(data)
+        while self.size > self.limit and self.items:
+            _, old = self.items.popitem(last=False)
+            self.size -= len(old)
+
+
+def resolve_snapshot(catalog, spec: str | int | None) -> dict:
+    snaps = catalog.snapshots()
+    if not snaps:
+        raise NotFound("This set has no snapshot yet.", "Run a backup first.")
+    if spec in (None, "latest"):
+        return snaps[-1]
+    for s in snaps:
+        if str(s["seq"]) == str(spec) or snapshot_name(s["time_ns"]) == spec:
+            return s
+    raise NotFound(f"There is no snapshot {spec!r} in this set.", "List them with 'ironcore snapshots SET'.")
+
+
+def snapshot_name(time_ns: int) -> str:
+    """The snapshot's UTC name, valid on Windows too: YYYY-MM-DDTHH-MM-SSZ."""
+    import datetime
+    t = datetime.datetime.fromtimestamp(time_ns / 1e9, tz=datetime.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H-%M-%SZ")
+
+
+class Restore:
+    def __init__(self, volume, snapshot: int, target: str, progress=None, threads: int | None = None):
+        self.volume = volume
+        volume.require_key()
+        self.snapshot = snapshot
+        self.target = os.path.abspath(target)
+        self.progress = progress
+        self.cache = BlobCache(volume)
+        self.pool = ThreadPoolExecutor(threads or max(2, os.cpu_count() or 2))
+        self.is_root = os.geteuid() == 0
+        self.report = {"files": 0, "dirs": 0, "other": 0, "bytes": 0, "errors": [], "warnings": []}
+
+    def run(self, path: str | None = None) -> dict:
+        catalog = self.volume.refresh()
+        os.makedirs(self.target, exist_ok=True)
+        top = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if path:
+                rel = os.fsencode(path).strip(b"/")
+                entry = catalog.lookup(rel, self.snapshot)
+                if entry is None:
+                    raise NotFound(f"{path} is not in snapshot {self.snapshot}.")
+                names = split_path(rel)
+                parent_fd = top
+                opened = []
+                try:
+                    for name in names[:-1]:
+                        parent_fd = self._open_dir(parent_fd, name, create=True)
+                        opened.append(parent_fd)
+                    self._restore_entry(parent_fd, entry, rel)
+                finally:
+                    for fd in opened:
+                        os.close(fd)
+            else:
+                self._restore_children(top, ROOT, b"")
+        finally:
+            os.close(top)
+            self.pool.shutdown(wait=True)
+        return self.report
+
+    def _fail(self, rel: bytes, message: str) -> None:
+        shown = os.fsdecode(rel)
+        logger.error("%s: %s", shown, message)
+        self.report["errors"].append({"path": shown, "error": message})
+
+    def _open_dir(self, parent_fd: int, name: bytes, create: bool) -> int:
+        if create:
+            try:
+                os.mkdir(name, 0o700, dir_fd=parent_fd)
+            except FileExistsError:
+                pass
+        try:
+            return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):   # a symlink or file stands there: replace it
+                os.unlink(name, dir_fd=parent_fd)
+                os.mkdir(name, 0o700, dir_fd=parent_fd)
+                return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+            raise
+
+    def _restore_children(self, dir_fd: int, parent_id: int, prefix: bytes) -> None:
+        catalog = self.volume.catalog()
+        for entry in catalog.iter_dir(parent_id, self.snapshot):
+            rel = prefix + b"/" + entry.name if prefix else entry.name
+            self._restore_entry(dir_fd, entry, rel)
+
+    def _restore_entry(self, parent_fd: int, entry, rel: bytes) -> None:
+        name = entry.name
+        if name in (b"", b".", b"..") or b"/" in name or b"\x00" in name:
+            self._fail(rel, "unsafe name in the catalog; refused")
+            return
+        try:
+            if entry.kind == "d":
+                fd = self._open_dir(parent_fd, name, create=True)
+                try:
+                    self._restore_children(fd, entry.path_id, rel)
+                finally:
+                    os.close(fd)
+                self.report["dirs"] += 1
+            elif entry.kind == "f":
+                if not self._restore_file(parent_fd, entry, rel):
+                    return
+                self.report["files"] += 1
+            else:
+                self._remove_existing(parent_fd, name)
+                if entry.kind == "l":
+                    os.symlink(entry.target, name, dir_fd=parent_fd)
+                elif entry.kind == "p":
+                    os.mkfifo(name, 0o600, dir_fd=parent_fd)
+                elif entry.kind in ("c", "b"):
+                    import stat
+                    mode = stat.S_IFCHR if entry.kind == "c" else stat.S_IFBLK
+                    os.mknod(name, mode | 0o600, entry.rdev or 0, dir_fd=parent_fd)
+                self.report["other"] += 1
+            for w in apply_metadata(parent_fd, name, entry, self.is_root):
+                self.report["warnings"].append({"path": os.fsdecode(rel), "warning": w})
+        except OSError as exc:
+            self._fail(rel, exc.strerror or str(exc))
+
+    def _remove_existing(self, parent_fd: int, name: bytes) -> None:
+        try:
+            os.unlink(name, dir_fd=parent_fd)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            raise OSError(errno.EISDIR, "a folder is in the way") from None
+
+    def _fetch(self, blob_id: bytes) -> bytes:
+        return self.volume.read_blob(blob_id)
+
+    def _restore_file(self, parent_fd: int, entry, rel: bytes) -> bool:
+        self._remove_existing(parent_fd, entry.name)
+        content = self.volume.catalog().content(entry.content) if entry.content else None
+        if entry.content and content is None:
+            self._fail(rel, "its content is missing from the catalog")
+            return False
+        fd = os.open(entry.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=parent_fd)
+        ok = False
+        try:
+            if content is not None:
+                self._write_content(fd, content)
+            ok = True
+        except IroncoreError as exc:
+            self._fail(rel, f"not restored: {exc.message}")
+        finally:
+            os.close(fd)
+            if not ok:
+                os.unlink(entry.name, dir_fd=parent_fd)
+        return ok
+
+    def _write_content(self, fd: int, content: dict) -> None:
+        hasher = self.volume.key.content_hasher()
+        extents = content["ext"]
+        futures = {}
+
+        def schedule(i):
+            while i < len(extents) and len(futures) < PREFETCH:
+                blob = extents[i][0]
+                if blob is not None and blob not in futures and self.cache.get(blob) is None:
+                    futures[blob] = self.pool.submit(self._fetch, blob)
+                i += 1
+            return i
+
+        ahead = schedule(0)
+        pos = 0
+        zeros = None
+        for i, (blob, off, length) in enumerate(extents):
+            ahead = max(ahead, i)
+            if blob is None:
+                zeros = zeros if zeros is not None and len(zeros) >= min(length, 1 << 20) else bytes(min(length, 1 << 20))
+                left = length
+                while left:
+                    n = min(left, len(zeros))
+                    hasher.update(memoryview(zeros)[:n])
+                    left -= n
+                pos += length
+                continue
+            data = self.cache.get(blob)
+            if data is None:
+                fut = futures.pop(blob, None) or self.pool.submit(self._fetch, blob)
+                data = fut.result()
+                self.cache.put(blob, data)
+            ahead = schedule(ahead)
+            piece = memoryview(data)[off:off + length]
+            if len(piece) != length:
+                raise CorruptData(f"blob {blob.hex()} is shorter than its extent")
+            hasher.update(piece)
+            written = os.pwrite(fd, piece, pos)
+            while written < length:
+                written += os.pwrite(fd, piece[written:], pos + written)
+            pos += length
+            self.report["bytes"] += length
+            if self.progress:
+                self.progress.bytes(length)
+        os.ftruncate(fd, pos)
+        if pos != content["size"] or hasher.digest() != content["id"]:
+            raise CorruptData("its data does not match the stored hash")

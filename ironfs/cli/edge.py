@@ -1,0 +1,49 @@
+"""The edge between typed errors and people: one plain message and a next step,
+no traceback, and the error's exit code. Shared by `ironfs` and `ironcore`."""
+import json
+import logging
+import os
+import sys
+
+import click
+
+from ironfs.errors import IroncoreError
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def print_json(data) -> None:
+    click.echo(json.dumps(data, indent=1, default=lambda o: o.hex() if isinstance(o, bytes) else str(o)))
+
+
+def setup_logging() -> None:
+    level = os.environ.get("IRONCORE_LOG", "WARNING").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.WARNING), stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def run_cli(group: click.Group) -> None:
+    setup_logging()
+    try:
+        group.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except IroncoreError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        if exc.hint:
+            click.echo(exc.hint, err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted; nothing half-written was kept.", err=True)
+        sys.exit(130)
+    sys.exit(0)

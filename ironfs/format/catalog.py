@@ -1,0 +1,328 @@
+"""The catalog: a SQLite (WAL) index of a volume, derived from its commit log and
+pack indexes, and rebuildable from them at any time.
+
+It is a temporal tree. `paths` gives every name ever seen a stable id under its
+parent; `versions` holds each state of a path with the range of commit numbers
+in which it lives: a version is part of snapshot S when born <= S < died (died
+NULL while live). Listing a folder at any snapshot is one indexed query, and an
+unchanged file costs nothing per snapshot."""
+import hashlib
+import os
+import sqlite3
+from dataclasses import dataclass
+
+import msgpack
+
+from ironfs.errors import CorruptData, VolumeFormatError
+
+SCHEMA_VERSION = 1
+ROOT = 0  # the implicit root folder; top-level entries have parent 0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);
+CREATE TABLE IF NOT EXISTS commits(seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, time_ns INTEGER, host TEXT, info BLOB);
+CREATE TABLE IF NOT EXISTS snapshots(seq INTEGER PRIMARY KEY, time_ns INTEGER NOT NULL, host TEXT,
+    forgotten INTEGER NOT NULL DEFAULT 0, info BLOB);
+CREATE TABLE IF NOT EXISTS packs(name TEXT PRIMARY KEY, size INTEGER NOT NULL, added INTEGER NOT NULL, dropped INTEGER);
+CREATE TABLE IF NOT EXISTS blobs(id BLOB PRIMARY KEY, pack TEXT NOT NULL, offset INTEGER NOT NULL,
+    length INTEGER NOT NULL, raw_length INTEGER NOT NULL, type INTEGER NOT NULL,
+    damaged INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blobs_pack ON blobs(pack);
+CREATE TABLE IF NOT EXISTS contents(id BLOB PRIMARY KEY, size INTEGER NOT NULL, extents BLOB NOT NULL,
+    sig BLOB, block_size INTEGER) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS content_blobs(blob BLOB NOT NULL, content BLOB NOT NULL, PRIMARY KEY(blob, content)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS content_blobs_content ON content_blobs(content);
+CREATE TABLE IF NOT EXISTS paths(id INTEGER PRIMARY KEY, parent INTEGER NOT NULL, name BLOB NOT NULL, UNIQUE(parent, name));
+CREATE TABLE IF NOT EXISTS versions(id INTEGER PRIMARY KEY, path INTEGER NOT NULL, born INTEGER NOT NULL, died INTEGER,
+    kind TEXT NOT NULL, mode INTEGER, uid INTEGER, gid INTEGER, user TEXT, grp TEXT, mtime_ns INTEGER,
+    size INTEGER, content BLOB, target BLOB, xattrs BLOB, rdev INTEGER);
+CREATE INDEX IF NOT EXISTS versions_path ON versions(path, born);
+CREATE INDEX IF NOT EXISTS versions_content ON versions(content);
+"""
+
+# Tables whose rows are derived from the log; `verify` compares them with a rebuild.
+DERIVED_TABLES = {
+    "commits": "seq", "snapshots": "seq", "packs": "name", "blobs": "id", "contents": "id",
+    "content_blobs": "blob, content", "paths": "id", "versions": "id",
+}
+
+VERSION_COLUMNS = "kind, mode, uid, gid, user, grp, mtime_ns, size, content, target, xattrs, rdev"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One path as it stands in one snapshot."""
+
+    path_id: int
+    name: bytes
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    user: str | None
+    group: str | None
+    mtime_ns: int
+    size: int
+    content: bytes | None
+    target: bytes | None
+    xattrs: list
+    rdev: int | None
+    born: int
+
+    @classmethod
+    def from_row(cls, row) -> "Entry":
+        (path_id, name, born, kind, mode, uid, gid, user, grp, mtime_ns, size, content, target, xattrs, rdev) = row
+        return cls(path_id, bytes(name), kind, mode, uid, gid, user, grp, mtime_ns, size,
+                   content, target, msgpack.unpackb(xattrs) if xattrs else [], rdev, born)
+
+
+ENTRY_SELECT = ("SELECT p.id, p.name, v.born, v.kind, v.mode, v.uid, v.gid, v.user, v.grp, v.mtime_ns, v.size, "
+                "v.content, v.target, v.xattrs, v.rdev FROM paths p JOIN versions v ON v.path = p.id ")
+LIVE_AT = "v.born <= :s AND (v.died IS NULL OR v.died > :s)"
+
+
+def split_path(path: bytes) -> list[bytes]:
+    """Split a stored path into names, refusing anything that could escape a folder."""
+    parts = path.split(b"/")
+    for part in parts:
+        if part in (b"", b".", b"..") or b"\x00" in part:
+            raise CorruptData(f"Catalog path {path!r} has an unsafe component {part!r}.")
+    return parts
+
+
+class Catalog:
+    """One SQLite connection to a volume's catalog. Not shared between threads:
+    each thread opens its own (WAL lets readers run beside the one writer)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=OFF")
+        self.db.executescript(SCHEMA)
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            self.db.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)", (SCHEMA_VERSION,))
+        elif row[0] != SCHEMA_VERSION:
+            raise VolumeFormatError(f"Catalog schema {row[0]} is not {SCHEMA_VERSION}.")
+        self._dir_ids: dict[bytes, int] = {}
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- state ---------------------------------------------------------------
+    def get_meta(self, key: str, default=None):
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return default if row is None else row[0]
+
+    @property
+    def applied_seq(self) -> int:
+        return int(self.get_meta("applied_seq", 0))
+
+    # --- applying commits ------------------------------------------------------
+    def apply(self, seq: int, records, load_pack_index) -> bool:
+        """Apply one commit's records in one transaction, with `applied_seq`; False if
+        another process applied it first. `load_pack_index(name)` returns a pack's index."""
+        db = self.db
+        self._dir_ids.clear()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if self.applied_seq >= seq:
+                db.execute("ROLLBACK")
+                return False
+            if self.applied_seq != seq - 1:
+                raise CorruptData(f"Commit {seq} applied out of order (catalog is at {self.applied_seq}).")
+            for rec in records:
+                handler = getattr(self, "_rec_" + rec["t"], None)
+                if handler is None:
+                    raise VolumeFormatError(f"Commit {seq} has a record of unknown type {rec['t']!r}.")
+                handler(seq, rec, load_pack_index)
+            db.execute("INSERT OR REPLACE INTO meta VALUES('applied_seq', ?)", (seq,))
+            db.execute("COMMIT")
+            return True
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _rec_commit(self, seq, rec, _):
+        if rec.get("seq") != seq:
+            raise CorruptData(f"Commit file {seq} says it is commit {rec.get('seq')}.")
+        info = {k: v for k, v in rec.items() if k not in ("t", "format", "seq", "kind", "time_ns", "host")}
+        self.db.execute("INSERT INTO commits VALUES(?,?,?,?,?)",
+                        (seq, rec["kind"], rec.get("time_ns"), rec.get("host"), msgpack.packb(info)))
+        if rec["kind"] == "snapshot":
+            self.db.execute("INSERT INTO snapshots(seq, time_ns, host, info) VALUES(?,?,?,?)",
+                            (seq, rec["time_ns"], rec.get("host"), msgpack.packb(info)))
+
+    def _rec_pack(self, seq, rec, load_pack_index):
+        name = rec["name"]
+        self.db.execute("INSERT INTO packs(name, size, added) VALUES(?,?,?) ON CONFLICT(name) DO UPDATE "
+                        "SET dropped=NULL, added=excluded.added", (name, rec["size"], seq))
+        self.db.executemany(
+            "INSERT INTO blobs(id, pack, offset, length, raw_length, type) VALUES(?,?,?,?,?,?) "
+            "ON CONFLICT(id) DO UPDATE SET pack=excluded.pack, offset=excluded.offset, length=excluded.length, "
+            "raw_length=excluded.raw_length, type=excluded.type, damaged=0 WHERE blobs.damaged=1",
+            ((e.blob_id, name, e.offset, e.length, e.raw_length, e.type) for e in load_pack_index(name)))
+
+    def _rec_content(self, seq, rec, _):
+        cid = rec["id"]
+        self.db.execute("INSERT OR REPLACE INTO contents VALUES(?,?,?,?,?)",
+                        (cid, rec["size"], msgpack.packb(rec["ext"]), msgpack.packb(rec.get("sig") or []),
+                         rec.get("bs")))
+        self.db.execute("DELETE FROM content_blobs WHERE content=?", (cid,))
+        blob_ids = {e[0] for e in rec["ext"] if e[0] is not None} | set(rec.get("sig") or [])
+        self.db.executemany("INSERT INTO content_blobs VALUES(?,?)", ((b, cid) for b in blob_ids))
+
+    def _path_id(self, path: bytes, create: bool) -> int | None:
+        parts = split_path(path)
+        parent = ROOT
+        prefix = b""
+        for i, name in enumerate(parts):
+            prefix = prefix + b"/" + name if prefix else name
+            cached = self._dir_ids.get(prefix)
+            if cached is not None:
+                parent = cached
+                continue
+            row = self.db.execute("SELECT id FROM paths WHERE parent=? AND name=?", (parent, name)).fetchone()
+            if row is None:
+                if not create:
+                    return None
+                parent = self.db.execute("INSERT INTO paths(parent, name) VALUES(?,?)", (parent, name)).lastrowid
+            else:
+                parent = row[0]
+            if i < len(parts) - 1:
+                self._dir_ids[prefix] = parent
+        return parent
+
+    def _rec_ver(self, seq, rec, _):
+        pid = self._path_id(rec["p"], create=True)
+        self.db.execute("UPDATE versions SET died=? WHERE path=? AND died IS NULL", (seq, pid))
+        xattrs = rec.get("x")
+        self.db.execute(
+            f"INSERT INTO versions(path, born, {VERSION_COLUMNS}) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (pid, seq, rec["k"], rec.get("mode"), rec.get("uid"), rec.get("gid"), rec.get("user"),
+             rec.get("group"), rec.get("mtime_ns"), rec.get("size", 0), rec.get("c"), rec.get("target"),
+             msgpack.packb(xattrs) if xattrs else None, rec.get("rdev")))
+
+    def _rec_del(self, seq, rec, _):
+        pid = self._path_id(rec["p"], create=False)
+        if pid is not None:
+            self.db.execute("UPDATE versions SET died=? WHERE path=? AND died IS NULL", (seq, pid))
+
+    def _rec_stats(self, seq, rec, _):
+        row = self.db.execute("SELECT info FROM snapshots WHERE seq=?", (seq,)).fetchone()
+        if row is None:
+            raise CorruptData(f"Commit {seq} has run statistics but is not a snapshot.")
+        info = msgpack.unpackb(row[0])
+        info["stats"] = {k: v for k, v in rec.items() if k != "t"}
+        self.db.execute("UPDATE snapshots SET info=? WHERE seq=?", (msgpack.packb(info), seq))
+
+    def _rec_damaged(self, seq, rec, _):
+        self.db.executemany("UPDATE blobs SET damaged=1 WHERE id=?", ((b,) for b in rec["blobs"]))
+
+    def _rec_forget(self, seq, rec, _):
+        self.db.executemany("UPDATE snapshots SET forgotten=? WHERE seq=?", ((seq, s) for s in rec["snapshots"]))
+
+    def _rec_drop(self, seq, rec, _):
+        self.db.execute("UPDATE packs SET dropped=? WHERE name=?", (seq, rec["name"]))
+        self.db.execute("DELETE FROM blobs WHERE pack=?", (rec["name"],))
+
+    # --- queries ------------------------------------------------------------------
+    def snapshots(self, include_forgotten: bool = False) -> list[dict]:
+        rows = self.db.execute("SELECT seq, time_ns, host, forgotten, info FROM snapshots "
+                               + ("" if include_forgotten else "WHERE forgotten=0 ") + "ORDER BY seq").fetchall()
+        return [{"seq": r[0], "time_ns": r[1], "host": r[2], "forgotten": r[3], **msgpack.unpackb(r[4])}
+                for r in rows]
+
+    def list_dir(self, parent: int, snapshot: int, after: bytes | None = None, limit: int | None = None) -> list[Entry]:
+        """Children of `parent` at `snapshot`, by name; `after`/`limit` page through huge folders."""
+        sql = ENTRY_SELECT + "WHERE p.parent = :p AND " + LIVE_AT
+        args = {"p": parent, "s": snapshot}
+        if after is not None:
+            sql += " AND p.name > :a"
+            args["a"] = after
+        sql += " ORDER BY p.name"
+        if limit is not None:
+            sql += " LIMIT :l"
+            args["l"] = limit
+        return [Entry.from_row(r) for r in self.db.execute(sql, args)]
+
+    def iter_dir(self, parent: int, snapshot: int, page: int = 2000):
+        after = None
+        while True:
+            batch = self.list_dir(parent, snapshot, after, page)
+            yield from batch
+            if len(batch) < page:
+                return
+            after = batch[-1].name
+
+    def lookup(self, path: bytes, snapshot: int) -> Entry | None:
+        parent = ROOT
+        entry = None
+        for name in split_path(path):
+            row = self.db.execute(ENTRY_SELECT + "WHERE p.parent = :p AND p.name = :n AND " + LIVE_AT,
+                                  {"p": parent, "n": name, "s": snapshot}).fetchone()
+            if row is None:
+                return None
+            entry = Entry.from_row(row)
+            parent = entry.path_id
+        return entry
+
+    def content(self, cid: bytes):
+        row = self.db.execute("SELECT size, extents, sig, block_size FROM contents WHERE id=?", (cid,)).fetchone()
+        if row is None:
+            return None
+        return {"id": cid, "size": row[0], "ext": msgpack.unpackb(row[1]), "sig": msgpack.unpackb(row[2]) if row[2] else [],
+                "bs": row[3]}
+
+    def content_is_sound(self, cid: bytes) -> bool:
+        """The content exists and none of its blobs is missing or marked damaged."""
+        if self.db.execute("SELECT 1 FROM contents WHERE id=?", (cid,)).fetchone() is None:
+            return False
+        bad = self.db.execute("SELECT 1 FROM content_blobs cb LEFT JOIN blobs b ON b.id = cb.blob "
+                              "WHERE cb.content=? AND (b.id IS NULL OR b.damaged=1) LIMIT 1", (cid,)).fetchone()
+        return bad is None
+
+    def blob(self, blob_id: bytes):
+        """(pack, offset, length, raw_length) of a sound blob, or None."""
+        return self.db.execute("SELECT pack, offset, length, raw_length FROM blobs WHERE id=? AND damaged=0",
+                               (blob_id,)).fetchone()
+
+    def has_blob(self, blob_id: bytes) -> bool:
+        return self.db.execute("SELECT 1 FROM blobs WHERE id=? AND damaged=0", (blob_id,)).fetchone() is not None
+
+    def live_packs(self) -> list[tuple[str, int]]:
+        return self.db.execute("SELECT name, size FROM packs WHERE dropped IS NULL ORDER BY name").fetchall()
+
+    def paths_of_content(self, cid: bytes, limit: int = 50) -> list[tuple[bytes, int, int | None]]:
+        """(full path, born, died) of versions that use a content, for damage reports."""
+        out = []
+        for pid, born, died in self.db.execute(
+                "SELECT path, born, died FROM versions WHERE content=? ORDER BY born LIMIT ?", (cid, limit)):
+            out.append((self.full_path(pid), born, died))
+        return out
+
+    def full_path(self, pid: int) -> bytes:
+        names = []
+        while pid != ROOT:
+            parent, name = self.db.execute("SELECT parent, name FROM paths WHERE id=?", (pid,)).fetchone()
+            names.append(bytes(name))
+            pid = parent
+        return b"/".join(reversed(names))
+
+    def table_digest(self, table: str) -> str:
+        """A digest of a derived table's rows in key order, for comparing with a rebuild."""
+        h = hashlib.sha256()
+        for row in self.db.execute(f"SELECT * FROM {table} ORDER BY {DERIVED_TABLES[table]}"):
+            h.update(msgpack.packb(list(row)))
+        return h.hexdigest()
+
+
+
+def remove_catalog_files(path: str) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        try:
+            os.unlink(path + suffix)
+        except FileNotFoundError:
+            pass

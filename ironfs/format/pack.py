@@ -1,0 +1,141 @@
+"""Packs: immutable files of sealed blobs followed by a plain index trailer.
+
+    pack    = header || blob* || index || footer
+    header  = "IRONPACK" || version u8 (=1) || 7 zero bytes            (16 bytes)
+    entry   = blob id (16) || type u8 || offset u64 LE || length u32 LE || raw length u32 LE   (33 bytes)
+    footer  = entry count u32 LE || "IRONPIDX"                          (12 bytes)
+
+The index is plain so that a server, a replica or gc can work without any key;
+the pack's name is the SHA-256 of all its bytes, so a copy is checked by name."""
+import hashlib
+import os
+import struct
+from dataclasses import dataclass
+
+from ironfs.errors import CorruptData
+from ironfs.format.fsutil import publish, raise_if_full, tmp_name
+
+MAGIC = b"IRONPACK"
+INDEX_MAGIC = b"IRONPIDX"
+VERSION = 1
+HEADER = MAGIC + bytes((VERSION,)) + bytes(7)
+ENTRY = struct.Struct("<16sBQII")
+FOOTER = struct.Struct("<I8s")
+
+BLOB_DATA = 0
+BLOB_SIGNATURE = 1
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    blob_id: bytes
+    type: int
+    offset: int
+    length: int
+    raw_length: int
+
+
+def pack_relpath(name: str) -> str:
+    return os.path.join("packs", name[:2], name)
+
+
+class PackWriter:
+    """Appends sealed blobs to a temporary file; `finish` publishes it under its hash."""
+
+    def __init__(self, packs_dir: str):
+        self.packs_dir = packs_dir
+        self.path = tmp_name(packs_dir, "pack-")
+        self.entries: list[IndexEntry] = []
+        self._hash = hashlib.sha256()
+        self._file = open(self.path, "wb")
+        self.size = 0
+        self._write(HEADER)
+
+    def _write(self, data) -> None:
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self.abort()
+            raise_if_full(exc, "a pack")
+        self._hash.update(data)
+        self.size += len(data)
+
+    def add(self, blob_id: bytes, blob_type: int, sealed: bytes, raw_length: int) -> None:
+        self.entries.append(IndexEntry(blob_id, blob_type, self.size, len(sealed), raw_length))
+        self._write(sealed)
+
+    def finish(self) -> tuple[str, int]:
+        """Write the index, publish the pack; return (name, size)."""
+        index = b"".join(ENTRY.pack(e.blob_id, e.type, e.offset, e.length, e.raw_length) for e in self.entries)
+        self._write(index)
+        self._write(FOOTER.pack(len(self.entries), INDEX_MAGIC))
+        try:
+            self._file.close()
+            name = self._hash.hexdigest()
+            final_dir = os.path.join(self.packs_dir, name[:2])
+            os.makedirs(final_dir, exist_ok=True)
+            publish(self.path, os.path.join(final_dir, name))
+        except OSError as exc:
+            self.abort()
+            raise_if_full(exc, "a pack")
+        return name, self.size
+
+    def abort(self) -> None:
+        try:
+            self._file.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def parse_index(tail: bytes, pack_size: int, name: str = "?") -> list[IndexEntry]:
+    """Parse the index from the last bytes of a pack (which must include the whole index)."""
+    if len(tail) < FOOTER.size:
+        raise CorruptData(f"Pack {name} is too short to hold an index.")
+    count, magic = FOOTER.unpack(tail[-FOOTER.size:])
+    if magic != INDEX_MAGIC:
+        raise CorruptData(f"Pack {name} has no index trailer.")
+    index_len = count * ENTRY.size
+    index_start = pack_size - FOOTER.size - index_len
+    if index_start < len(HEADER) or len(tail) < FOOTER.size + index_len:
+        raise CorruptData(f"Pack {name} has an index that does not fit the pack.")
+    raw = tail[len(tail) - FOOTER.size - index_len: len(tail) - FOOTER.size]
+    entries = []
+    for fields in ENTRY.iter_unpack(raw):
+        entry = IndexEntry(*fields)
+        if entry.offset < len(HEADER) or entry.offset + entry.length > index_start:
+            raise CorruptData(f"Pack {name} has an index entry outside its blob area.")
+        entries.append(entry)
+    return entries
+
+
+def read_index(path: str) -> list[IndexEntry]:
+    name = os.path.basename(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < len(HEADER) + FOOTER.size:
+            raise CorruptData(f"Pack {name} is too short.")
+        f.seek(size - FOOTER.size)
+        count, magic = FOOTER.unpack(f.read(FOOTER.size))
+        if magic != INDEX_MAGIC:
+            raise CorruptData(f"Pack {name} has no index trailer.")
+        want = FOOTER.size + count * ENTRY.size
+        if want > size - len(HEADER):
+            raise CorruptData(f"Pack {name} has an index that does not fit the pack.")
+        f.seek(size - want)
+        tail = f.read(want)
+        f.seek(0)
+        if f.read(len(HEADER)) != HEADER:
+            raise CorruptData(f"Pack {name} has a bad header.")
+    return parse_index(tail, size, name)
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

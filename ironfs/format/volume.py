@@ -1,0 +1,396 @@
+"""A volume: the stored, versioned filesystem of one backup set (format 1).
+
+    <volume>/volume.json       format, parameters, key slots
+    <volume>/log/<seq>.commit  the commit log, the source of truth
+    <volume>/packs/<ab>/<sha>  immutable packs
+    <volume>/catalog.db        SQLite catalog derived from log + packs
+    <volume>/lock              flock()ed by the one writer
+
+Readers open a volume and read; one writer at a time appends packs and a
+commit through `VolumeWriter`."""
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections import OrderedDict
+
+from ironfs.errors import CorruptData, MissingData, VolumeBusy, VolumeFormatError, WrongSecret
+from ironfs.format import crypto, log as commitlog, pack as packfmt
+from ironfs.format.catalog import Catalog, remove_catalog_files
+from ironfs.format.faults import crashpoint
+from ironfs.format.fsutil import TMP_PREFIX, fsync_dir, raise_if_full, write_atomic
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1
+MAX_BLOB = 128 * 1024           # the seed's transfer block (FAQ 2.13)
+PACK_TARGET = 16 * 1024 * 1024  # big enough for few files, small enough to lose little on a crash
+
+
+def is_volume(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "volume.json"))
+
+
+class Volume:
+    """An opened volume folder. `unlock()` gives access to contents; names, sizes
+    and the catalog are readable without a key (the server's view)."""
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        path = os.path.join(self.root, "volume.json")
+        try:
+            with open(path, "rb") as f:
+                self.config = json.load(f)
+        except FileNotFoundError:
+            raise MissingData(f"{self.root} is not a volume (no volume.json).",
+                              "Check the path, or create the set first.") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise VolumeFormatError(f"{path} is not valid JSON: {exc}") from None
+        if self.config.get("format") != FORMAT:
+            raise VolumeFormatError(f"{self.root} has volume format {self.config.get('format')!r}; "
+                                    f"this program reads format {FORMAT}.", "Upgrade Ironcore.")
+        self.id = bytes.fromhex(self.config["id"])
+        self.max_blob = int(self.config.get("max_blob", MAX_BLOB))
+        self.pack_target = int(self.config.get("pack_target", PACK_TARGET))
+        self.key: crypto.MasterKey | None = None
+        self.sealer: crypto.BlobSealer | None = None
+        self._local = threading.local()
+        self._fds: OrderedDict[str, int] = OrderedDict()
+        self._fd_lock = threading.Lock()
+
+    # --- creation and keys -------------------------------------------------------
+    @classmethod
+    def create(cls, root: str, slots: dict[str, bytes], kdf_params: dict | None = None,
+               pack_target: int = PACK_TARGET) -> "Volume":
+        """Make a new volume whose master key is wrapped once per (slot name -> secret)."""
+        if not slots:
+            raise ValueError("a volume needs at least one key slot")
+        root = os.path.abspath(root)
+        if os.path.exists(os.path.join(root, "volume.json")):
+            raise VolumeFormatError(f"{root} already holds a volume.")
+        os.makedirs(os.path.join(root, "log"), exist_ok=True)
+        os.makedirs(os.path.join(root, "packs"), exist_ok=True)
+        volume_id = uuid.uuid4().bytes
+        master = crypto.MasterKey.generate()
+        config = {
+            "format": FORMAT,
+            "id": volume_id.hex(),
+            "created_ns": time.time_ns(),
+            "cipher": "aes-256-gcm",
+            "compression": "zstd",
+            "blob_id": "blake2b-128-keyed",
+            "content_id": "blake2b-256-keyed",
+            "max_blob": MAX_BLOB,
+            "pack_target": pack_target,
+            "slots": [crypto.make_slot(name, secret, master.raw, volume_id, kdf_params)
+                      for name, secret in slots.items()],
+        }
+        write_atomic(os.path.join(root, "volume.json"), json.dumps(config, indent=1).encode())
+        fsync_dir(os.path.dirname(root))
+        vol = cls(root)
+        vol._set_key(master)
+        return vol
+
+    def _set_key(self, master: crypto.MasterKey) -> None:
+        self.key = master
+        self.sealer = crypto.BlobSealer(master)
+
+    def unlock(self, secret: bytes) -> str:
+        """Open the master key with a secret; returns the name of the slot it opened."""
+        master, slot = crypto.open_slots(self.config["slots"], secret, self.id)
+        self._set_key(crypto.MasterKey(master))
+        return slot
+
+    def require_key(self) -> crypto.MasterKey:
+        if self.key is None:
+            raise WrongSecret("This volume is locked.", "Give the set's password or key to read file contents.")
+        return self.key
+
+    # --- the catalog ------------------------------------------------------------
+    @property
+    def catalog_path(self) -> str:
+        return os.path.join(self.root, "catalog.db")
+
+    def catalog(self) -> Catalog:
+        """This thread's catalog connection, brought up to date with the log."""
+        cat = getattr(self._local, "catalog", None)
+        if cat is None:
+            cat = self._open_catalog()
+            self._local.catalog = cat
+        return cat
+
+    def _open_catalog(self) -> Catalog:
+        try:
+            cat = Catalog(self.catalog_path)
+            vid = cat.get_meta("volume")
+            if vid is None:
+                cat.db.execute("INSERT OR IGNORE INTO meta VALUES('volume', ?)", (self.id.hex(),))
+            elif vid != self.id.hex():
+                raise CorruptData("catalog belongs to another volume")
+            self._catch_up(cat)
+            return cat
+        except (sqlite3.DatabaseError, CorruptData) as exc:
+            if isinstance(exc, CorruptData) and not self._catalog_is_at_fault():
+                raise
+            logger.warning("catalog of %s is damaged (%s); rebuilding it from the log", self.root, exc)
+            try:
+                cat.close()
+            except Exception:  # noqa: BLE001 - closing a broken handle may fail any way
+                pass
+            return self.rebuild_catalog()
+
+    def _catalog_is_at_fault(self) -> bool:
+        """True when the log itself reads clean, so a failure must come from the catalog."""
+        try:
+            for seq in self.seqs():
+                for _ in commitlog.read_commit(self.commit_path(seq)):
+                    pass
+        except CorruptData:
+            return False
+        return True
+
+    def rebuild_catalog(self) -> Catalog:
+        """Replace the catalog with one rebuilt from the log and the pack indexes."""
+        tmp = self.catalog_path + ".rebuild"
+        remove_catalog_files(tmp)
+        cat = Catalog(tmp)
+        cat.db.execute("INSERT OR IGNORE INTO meta VALUES('volume', ?)", (self.id.hex(),))
+        self._catch_up(cat)
+        cat.close()
+        remove_catalog_files(self.catalog_path)
+        os.rename(tmp, self.catalog_path)
+        remove_catalog_files(tmp)
+        self._local.catalog = None
+        return Catalog(self.catalog_path)
+
+    def build_catalog_at(self, path: str) -> Catalog:
+        """A fresh catalog replayed from the log into `path` (used by verify)."""
+        remove_catalog_files(path)
+        cat = Catalog(path)
+        cat.db.execute("INSERT OR IGNORE INTO meta VALUES('volume', ?)", (self.id.hex(),))
+        self._catch_up(cat)
+        return cat
+
+    def _catch_up(self, cat: Catalog) -> None:
+        seqs = self.seqs()
+        applied = cat.applied_seq
+        if seqs and applied > seqs[-1]:
+            raise CorruptData(f"catalog is at commit {applied} but the log ends at {seqs[-1]}")
+        for seq in seqs:
+            if seq > applied:
+                cat.apply(seq, commitlog.read_commit(self.commit_path(seq)), self.pack_index)
+
+    def refresh(self) -> Catalog:
+        cat = self.catalog()
+        self._catch_up(cat)
+        return cat
+
+    # --- log and packs -------------------------------------------------------------
+    def seqs(self) -> list[int]:
+        seqs = commitlog.list_seqs(os.path.join(self.root, "log"))
+        for expect, seq in enumerate(seqs, start=1):
+            if seq != expect:
+                raise CorruptData(f"The commit log of {self.root} has a gap: commit {expect} is missing.")
+        return seqs
+
+    def commit_path(self, seq: int) -> str:
+        return os.path.join(self.root, "log", commitlog.commit_name(seq))
+
+    def pack_path(self, name: str) -> str:
+        return os.path.join(self.root, packfmt.pack_relpath(name))
+
+    def pack_index(self, name: str) -> list[packfmt.IndexEntry]:
+        path = self.pack_path(name)
+        if not os.path.exists(path):
+            raise MissingData(f"Pack {name} named by the log is missing from {self.root}.")
+        return packfmt.read_index(path)
+
+    def all_pack_files(self) -> dict[str, str]:
+        """name -> path of every published pack file on disk."""
+        out = {}
+        packs = os.path.join(self.root, "packs")
+        for sub in os.listdir(packs):
+            subdir = os.path.join(packs, sub)
+            if len(sub) == 2 and os.path.isdir(subdir):
+                for name in os.listdir(subdir):
+                    if len(name) == 64 and not name.startswith(TMP_PREFIX):
+                        out[name] = os.path.join(subdir, name)
+        return out
+
+    def _pack_fd(self, name: str) -> int:
+        with self._fd_lock:
+            fd = self._fds.pop(name, None)
+            if fd is None:
+                try:
+                    fd = os.open(self.pack_path(name), os.O_RDONLY)
+                except FileNotFoundError:
+                    raise MissingData(f"Pack {name} is missing from {self.root}.") from None
+                if len(self._fds) >= 64:
+                    os.close(self._fds.popitem(last=False)[1])
+            self._fds[name] = fd
+            return fd
+
+    def read_sealed(self, pack: str, offset: int, length: int) -> bytes:
+        data = os.pread(self._pack_fd(pack), length, offset)
+        if len(data) != length:
+            raise CorruptData(f"Pack {pack} is shorter than its index says.")
+        return data
+
+    def read_blob(self, blob_id: bytes) -> bytes:
+        """Plaintext of a blob; CorruptData/MissingData if it cannot be had whole."""
+        self.require_key()
+        loc = self.catalog().blob(blob_id)
+        if loc is None:
+            raise MissingData(f"Blob {blob_id.hex()} is not in any sound pack.")
+        pack, offset, length, raw_length = loc
+        try:
+            return self.sealer.open(blob_id, self.read_sealed(pack, offset, length), raw_length)
+        except CorruptData as exc:
+            raise CorruptData(f"{exc.message} (pack {pack})") from None
+
+    def close(self) -> None:
+        with self._fd_lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+        cat = getattr(self._local, "catalog", None)
+        if cat is not None:
+            cat.close()
+            self._local.catalog = None
+
+    # --- writing -------------------------------------------------------------------
+    def writer(self) -> "VolumeWriter":
+        return VolumeWriter(self)
+
+
+class VolumeWriter:
+    """The one writer of a volume: holds the lock, appends blobs to packs and
+    publishes a commit. Packs are published before the commit that names them, so
+    a crash leaves only unreferenced packs, which the next writer adopts.
+
+    Invariant: every blob id in `known_new` is in a published pack of this run
+    (`self.packs`), an adopted orphan pack, or the current PackWriter."""
+
+    def __init__(self, volume: Volume):
+        self.volume = volume
+        self._lock_fd = os.open(os.path.join(volume.root, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._lock_fd, 256, 0).decode(errors="replace").strip() or "another process"
+            os.close(self._lock_fd)
+            raise VolumeBusy(f"The volume is in use by {holder}.",
+                             "Wait for that backup to finish; a crashed holder releases the lock at once.") from None
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, f"{socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
+        self.packs: list[tuple[str, int]] = []
+        self.known_new: set[bytes] = set()
+        self._current: packfmt.PackWriter | None = None
+        self._packs_dir = os.path.join(volume.root, "packs")
+        self._remove_tmp_files()
+        self.catalog = volume.refresh()
+        self.seq = (volume.seqs() or [0])[-1] + 1
+        self.adopted: list[tuple[str, int]] = []
+        self._adopt_orphans()
+
+    def _remove_tmp_files(self) -> None:
+        for folder in (os.path.join(self.volume.root, "log"), self._packs_dir):
+            for name in os.listdir(folder):
+                if name.startswith(TMP_PREFIX):
+                    os.unlink(os.path.join(folder, name))
+
+    def _adopt_orphans(self) -> None:
+        """Packs published by a run that died before its commit: keep the sound ones."""
+        live = {name for (name,) in self.catalog.db.execute("SELECT name FROM packs")}
+        for name, path in sorted(self.volume.all_pack_files().items()):
+            if name in live:
+                continue
+            try:
+                if packfmt.file_sha256(path) != name:
+                    raise CorruptData("hash mismatch")
+                entries = packfmt.read_index(path)
+            except CorruptData as exc:
+                logger.warning("removing damaged unreferenced pack %s: %s", name, exc)
+                os.unlink(path)
+                continue
+            self.adopted.append((name, os.path.getsize(path)))
+            self.known_new.update(e.blob_id for e in entries)
+            logger.info("adopting pack %s (%d blobs) left by an interrupted run", name, len(entries))
+
+    def has_blob(self, blob_id: bytes) -> bool:
+        return blob_id in self.known_new or self.catalog.has_blob(blob_id)
+
+    def add_blob(self, blob_id: bytes, blob_type: int, sealed: bytes, raw_length: int) -> None:
+        if blob_id in self.known_new:
+            return
+        if self._current is None:
+            self._current = packfmt.PackWriter(self._packs_dir)
+        self._current.add(blob_id, blob_type, sealed, raw_length)
+        crashpoint("mid-pack")
+        self.known_new.add(blob_id)
+        if self._current.size >= self.volume.pack_target:
+            self.flush_pack()
+
+    def flush_pack(self) -> None:
+        if self._current is not None and self._current.entries:
+            writer, self._current = self._current, None
+            self.packs.append(writer.finish())
+            crashpoint("pack-published")
+
+    def start_commit(self, kind: str, **header) -> commitlog.CommitWriter:
+        header.setdefault("time_ns", time.time_ns())
+        header.setdefault("host", socket.gethostname())
+        return commitlog.CommitWriter(os.path.join(self.volume.root, "log"), self.seq, dict(header, kind=kind))
+
+    def finish_commit(self, commit: commitlog.CommitWriter) -> int:
+        """Publish the packs, then the commit naming them, then apply it to the catalog."""
+        self.flush_pack()
+        for name, size in self.adopted + self.packs:
+            commit.add({"t": "pack", "name": name, "size": size})
+        crashpoint("mid-commit")
+        commit.finish()
+        crashpoint("commit-published")
+        self.catalog.apply(self.seq, commitlog.read_commit(self.volume.commit_path(self.seq)), self.volume.pack_index)
+        seq = self.seq
+        self.seq += 1
+        self.packs, self.adopted, self.known_new = [], [], set()
+        return seq
+
+    def discard(self, remove_packs: bool) -> None:
+        """After a failed run: drop the unfinished pack; with remove_packs (disk full)
+        also the packs this run published, so the space comes back at once."""
+        if self._current is not None:
+            self._current.abort()
+            self._current = None
+        if remove_packs:
+            for name, _ in self.packs:
+                try:
+                    os.unlink(self.volume.pack_path(name))
+                except OSError as exc:
+                    if exc.errno != errno.ENOENT:
+                        logger.warning("could not remove pack %s: %s", name, exc)
+            self.packs = []
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            try:
+                os.ftruncate(self._lock_fd, 0)
+            except OSError:
+                pass
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            from ironfs.errors import DiskFull
+            self.discard(remove_packs=issubclass(exc_type, DiskFull))
+        self.close()

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what Ironcore needs on a Debian machine with Python 3.11+: the system
+# packages named as arguments (plus the base ones) through apt-get when missing,
+# and the project with its Python dependencies into .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=(acl attr gcc python3-venv "$@")
+missing=()
+for pkg in "${need[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing system packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/pip install -q --upgrade pip >/dev/null
+.venv/bin/pip install -q -e '.[test]'
+# The editable install builds native/ into ironfs/_native*.so; insist on it here.
+.venv/bin/python -c "from ironfs.format import delta; assert delta.IMPLEMENTATION == 'native', delta.IMPLEMENTATION"
