@@ -101,7 +101,8 @@ class Backup:
         self.threads = threads or max(2, os.cpu_count() or 2)
         self.max_blob = volume.max_blob
         self.report = {"files_new": 0, "files_changed": 0, "files_unchanged": 0, "dirs": 0, "other": 0,
-                       "deleted": 0, "bytes_read": 0, "bytes_stored": 0, "blobs_stored": 0, "errors": []}
+                       "deleted": 0, "bytes_read": 0, "bytes_stored": 0, "blobs_stored": 0, "signature_bytes_stored": 0,
+                       "errors": []}
         self._pending: deque = deque()
         self.volume_root = os.fsencode(volume.root)
 
@@ -124,6 +125,8 @@ class Backup:
             self.writer.add_blob(blob_id, blob_type, sealed, raw_len)
             self.report["bytes_stored"] += len(sealed)
             self.report["blobs_stored"] += 1
+            if blob_type == BLOB_SIGNATURE:
+                self.report["signature_bytes_stored"] += len(sealed)
 
     def _push(self, fut, fn):
         self._pending.append((fut, fn))
@@ -348,14 +351,17 @@ class Backup:
         self._emit(finish)
 
     def _hash_and_sign(self, size: int):
+        """The whole-file hasher, the next signature's builder (None for small
+        files) with its block size, and one function that feeds both in order."""
         hasher = self.key.content_hasher()
-        builder = delta.SignatureBuilder(delta.block_size_for(size)) if size >= DELTA_MIN_SIZE else None
+        block_size = delta.block_size_for(size) if size >= DELTA_MIN_SIZE else None
+        builder = delta.SignatureBuilder(block_size) if block_size else None
 
         def update(chunk):
             hasher.update(chunk)
             if builder is not None:
                 builder.update(chunk)
-        return hasher, builder, update
+        return hasher, builder, block_size, update
 
     def _signature_blobs(self, builder) -> list:
         if builder is None:
@@ -371,7 +377,7 @@ class Backup:
         return data
 
     def _store_whole(self, fd: int, st) -> dict:
-        hasher, builder, update = self._hash_and_sign(st.st_size)
+        hasher, builder, block_size, update = self._hash_and_sign(st.st_size)
         lane = []
         extents = []
         pos = 0
@@ -400,7 +406,7 @@ class Backup:
         for f in lane:
             f.result()
         return {"t": "content", "id": hasher.digest(), "size": pos, "ext": extents,
-                "sig": self._signature_blobs(builder), "bs": builder.block_size if builder else None}
+                "sig": self._signature_blobs(builder), "bs": block_size}
 
     @staticmethod
     def _zeros(update, length: int) -> None:
@@ -424,7 +430,7 @@ class Backup:
             raise Fallback() from None
         slicer = ExtentSlicer(basis["ext"])
         size = st.st_size
-        hasher, builder, update = self._hash_and_sign(size)
+        hasher, builder, block_size, update = self._hash_and_sign(size)
         encoder = delta.Encoder(sig)
         ops = []          # [("c", old_offset, length) | ("l", spool_offset, length)]
         literal = 0
@@ -474,4 +480,4 @@ class Backup:
         if len(extents) > max_ops * 2:
             raise Fallback()
         return {"t": "content", "id": hasher.digest(), "size": pos, "ext": extents,
-                "sig": self._signature_blobs(builder), "bs": builder.block_size if builder else None}
+                "sig": self._signature_blobs(builder), "bs": block_size}
