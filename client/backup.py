@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 READ_CHUNK = 1 << 20
 DELTA_MIN_SIZE = 256 * 1024      # below this a changed file is simply stored again
+INLINE_MAX = 32 * 1024           # files this small are stored on the main thread: no hand-off costs
 MAX_INFLIGHT = 64                # blobs being sealed at once (x 128 KiB of memory)
 SPOOL_IN_MEMORY = 32 << 20       # literal data of a delta kept in memory before spilling to a temp file
 ZEROS = bytes(READ_CHUNK)
@@ -325,6 +326,15 @@ class Backup:
                 return
         try:
             content_rec = None
+            if st.st_size <= INLINE_MAX:
+                content_rec = self._store_small(fd, st)
+                if content_rec is not None:
+                    rec["size"] = content_rec["size"]
+                    if not self.volume.catalog().content_is_sound(content_rec["id"]) \
+                            or content_rec["id"] in self.unsound:
+                        self.commit.add(content_rec)
+                    self._record(rel, st, rec, content_rec["id"])
+                    return
             if basis is not None and st.st_size >= DELTA_MIN_SIZE and st.st_blocks * 512 >= st.st_size:
                 try:
                     content_rec = self._store_delta(fd, st, basis)
@@ -407,6 +417,20 @@ class Backup:
             f.result()
         return {"t": "content", "id": hasher.digest(), "size": pos, "ext": extents,
                 "sig": self._signature_blobs(builder), "bs": block_size}
+
+    def _store_small(self, fd: int, st) -> dict | None:
+        """A small file in one read, hashed and sealed right here; None if it grew."""
+        data = self._read(fd, 0, INLINE_MAX + 1)
+        if len(data) > INLINE_MAX:
+            return None
+        hasher = self.key.content_hasher()
+        hasher.update(data)
+        extents = []
+        if data:
+            sealed = self._seal_job(data, BLOB_DATA)
+            self._blob_done(sealed)
+            extents.append([sealed[0], 0, len(data)])
+        return {"t": "content", "id": hasher.digest(), "size": len(data), "ext": extents, "sig": [], "bs": None}
 
     @staticmethod
     def _zeros(update, length: int) -> None:

@@ -8,6 +8,7 @@ import base64
 import hashlib
 import os
 import secrets
+import threading
 from dataclasses import dataclass
 
 import zstandard
@@ -113,9 +114,17 @@ class BlobSealer:
     def __init__(self, key: MasterKey):
         self.key = key
         self._aead = AESGCM(key.enc_key)
+        self._local = threading.local()   # zstd contexts are costly to make and not thread-safe
+
+    def _zstd(self):
+        loc = self._local
+        if not hasattr(loc, "c"):
+            loc.c = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+            loc.d = zstandard.ZstdDecompressor()
+        return loc
 
     def seal(self, blob_id: bytes, plaintext) -> bytes:
-        compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(plaintext)
+        compressed = self._zstd().c.compress(plaintext)
         if len(compressed) < len(plaintext):
             body = bytes((CODEC_ZSTD,)) + compressed
         else:
@@ -135,7 +144,7 @@ class BlobSealer:
         codec, payload = body[0], body[1:]
         if codec == CODEC_ZSTD:
             try:
-                plain = zstandard.ZstdDecompressor().decompress(payload, max_output_size=raw_length or 0)
+                plain = self._zstd().d.decompress(payload, max_output_size=raw_length or 0)
             except zstandard.ZstdError as exc:
                 raise CorruptData(f"Blob {blob_id.hex()} does not decompress: {exc}") from None
         elif codec == CODEC_RAW:
