@@ -5,15 +5,14 @@ setup.py; ``optional=True`` lets an install without a C compiler go on, and
 ``ironfs.format.delta`` then falls back to its pure-Python reference (which
 ``IRONFS_REQUIRE_NATIVE=1`` turns into an import error).
 
-Run directly (``python native/build_native.py``) to build the extension in
-place next to ``ironfs/`` for a quick try without pip.
+Build in place: ``pip install -e .`` (setuptools' editable mode puts
+``ironfs/_native.abi3.so`` next to the sources), or without pip
+``python setup.py build_ext --inplace``.  The generated C goes under build/.
 """
 
 import os
 
 from cffi import FFI
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 SOURCES = ["delta.c", "blake2b.c"]
 
@@ -61,7 +60,3 @@ ffibuilder.set_source(
     extra_compile_args=["-O3", "-std=c99", "-Wall", "-Wextra", "-Wno-unused-parameter"],
     optional=True,
 )
-
-if __name__ == "__main__":
-    os.chdir(os.path.dirname(HERE))
-    ffibuilder.compile(tmpdir="build/cffi", verbose=True)
