@@ -15,6 +15,7 @@ import msgpack
 import zstandard
 
 from ironfs.errors import CorruptData, VolumeFormatError
+from ironfs.format.catalog import split_path
 from ironfs.format.fsutil import publish, raise_if_full, tmp_name
 
 MAGIC = b"IRONCMIT"
@@ -70,6 +71,9 @@ class CommitWriter:
         self.add(dict(header, t="commit", format=1, seq=seq))
 
     def add(self, record: dict) -> None:
+        """Append a record; a path that could escape a folder is refused before it is written."""
+        if "p" in record:
+            split_path(record["p"])
         try:
             self._zstd.write(self._packer.pack(record))
         except OSError as exc:
