@@ -1,0 +1,143 @@
+"""Format-level behaviour of a volume: key slots, packs, commits, the catalog
+as a rebuildable derivative of the log, the single-writer lock."""
+import os
+import sqlite3
+
+import pytest
+
+from ironfs.errors import CorruptData, VolumeBusy, WrongSecret
+from ironfs.format import log as commitlog, pack as packfmt
+from ironfs.format.pack import BLOB_DATA
+from ironfs.format.volume import Volume
+
+FAST_KDF = {"alg": "argon2id", "time_cost": 1, "memory_cost": 1024, "parallelism": 1}
+
+
+def snapshot(volume, files: dict[bytes, bytes]) -> int:
+    with volume.writer() as w:
+        commit = w.start_commit("snapshot")
+        for folder in {p.rsplit(b"/", 1)[0] for p in files if b"/" in p}:
+            commit.add({"t": "ver", "p": folder, "k": "d", "mode": 0o755, "mtime_ns": 1})
+        for path, data in files.items():
+            blob_id = volume.key.blob_id(data)
+            w.add_blob(blob_id, BLOB_DATA, volume.sealer.seal(blob_id, data), len(data))
+            h = volume.key.content_hasher()
+            h.update(data)
+            commit.add({"t": "content", "id": h.digest(), "size": len(data), "ext": [[blob_id, 0, len(data)]]})
+            commit.add({"t": "ver", "p": path, "k": "f", "mode": 0o644, "mtime_ns": 1, "size": len(data),
+                        "c": h.digest()})
+        return w.finish_commit(commit)
+
+
+@pytest.fixture
+def volume(tmp_path):
+    vol = Volume.create(str(tmp_path / "vol"), {"private": b"one", "recovery": b"two"}, kdf_params=FAST_KDF)
+    yield vol
+    vol.close()
+
+
+def test_every_slot_opens_the_same_key_and_a_wrong_one_none(volume):
+    keys = set()
+    for secret, slot in ((b"one", "private"), (b"two", "recovery")):
+        v = Volume(volume.root)
+        assert v.unlock(secret) == slot
+        keys.add(v.key.raw)
+    assert keys == {volume.key.raw}
+    with pytest.raises(WrongSecret, match="private, recovery"):
+        Volume(volume.root).unlock(b"three")
+
+
+def test_temporal_tree_lists_each_snapshot(volume):
+    s1 = snapshot(volume, {b"a/x": b"1", b"a/y": b"2"})
+    s2 = snapshot(volume, {b"a/x": b"changed"})
+    with volume.writer() as w:
+        c = w.start_commit("snapshot")
+        c.add({"t": "del", "p": b"a/y"})
+        s3 = w.finish_commit(c)
+    cat = volume.catalog()
+    a = cat.lookup(b"a/x", s1)
+    assert a.size == 1
+    assert cat.lookup(b"a/x", s2).size == 7
+    assert cat.lookup(b"a/y", s2) is not None and cat.lookup(b"a/y", s3) is None
+    # a version that did not change costs no row: y has one version across s1 and s2
+    assert cat.db.execute("SELECT count(*) FROM versions WHERE path=(SELECT id FROM paths WHERE name=?)",
+                          (b"y",)).fetchone()[0] == 1
+
+
+def test_deleted_or_damaged_catalog_is_rebuilt_identically(volume):
+    snapshot(volume, {b"d/f1": b"one", b"d/f2": b"two"})
+    snapshot(volume, {b"d/f1": b"three"})
+    digests = {t: volume.catalog().table_digest(t) for t in ("paths", "versions", "blobs", "contents")}
+    volume.close()
+    os.unlink(volume.catalog_path)
+    v = Volume(volume.root)
+    assert {t: v.catalog().table_digest(t) for t in digests} == digests
+    v.close()
+    with open(volume.catalog_path, "r+b") as f:   # scribble over the SQLite header
+        f.write(b"\xff" * 4096)
+    v = Volume(volume.root)
+    assert {t: v.catalog().table_digest(t) for t in digests} == digests
+    v.close()
+
+
+def test_catalog_catches_up_with_commits_applied_elsewhere(volume):
+    snapshot(volume, {b"f": b"x"})
+    other = Volume(volume.root)
+    other.unlock(b"one")
+    snapshot(other, {b"g": b"y"})
+    other.close()
+    assert [s["seq"] for s in volume.refresh().snapshots()] == [1, 2]
+
+
+def test_commit_corruption_is_detected(volume):
+    snapshot(volume, {b"f": b"x"})
+    path = volume.commit_path(1)
+    data = bytearray(open(path, "rb").read())
+    for pos in (20, len(data) - 5):
+        bad = bytearray(data)
+        bad[pos] ^= 1
+        open(path, "wb").write(bad)
+        with pytest.raises(CorruptData, match="0000000001.commit"):
+            list(commitlog.read_commit(path))
+    open(path, "wb").write(data[:-40])
+    with pytest.raises(CorruptData):
+        list(commitlog.read_commit(path))
+
+
+def test_pack_index_and_names(volume, tmp_path):
+    writer = packfmt.PackWriter(str(tmp_path))
+    ids = []
+    for i in range(5):
+        data = os.urandom(1000 + i)
+        blob_id = volume.key.blob_id(data)
+        writer.add(blob_id, BLOB_DATA, volume.sealer.seal(blob_id, data), len(data))
+        ids.append(blob_id)
+    name, size = writer.finish()
+    path = tmp_path / name[:2] / name
+    assert packfmt.file_sha256(str(path)) == name and os.path.getsize(path) == size
+    entries = packfmt.read_index(str(path))
+    assert [e.blob_id for e in entries] == ids
+    raw = path.read_bytes()
+    with pytest.raises(CorruptData):
+        packfmt.parse_index(raw[:-1] + b"Y", len(raw))
+
+
+def test_one_writer_at_a_time(volume):
+    with volume.writer():
+        with pytest.raises(VolumeBusy, match="pid"):
+            Volume(volume.root).writer()
+    Volume(volume.root).writer().close()
+
+
+def test_gap_in_the_log_is_an_error(volume):
+    snapshot(volume, {b"f": b"x"})
+    snapshot(volume, {b"g": b"y"})
+    os.rename(volume.commit_path(1), volume.commit_path(1) + ".moved")
+    with pytest.raises(CorruptData, match="commit 1 is missing"):
+        Volume(volume.root).seqs()
+
+
+def test_sqlite_catalog_is_wal(volume):
+    snapshot(volume, {b"f": b"x"})
+    mode = sqlite3.connect(volume.catalog_path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
