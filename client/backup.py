@@ -109,8 +109,10 @@ class Backup:
 
     # --- pipeline ------------------------------------------------------------------
     def _seal_job(self, data, blob_type):
+        """Name and seal a blob (worker thread). Blobs already in the catalog are not
+        sealed again; one stored earlier in this run may be, and add_blob drops it."""
         blob_id = self.key.blob_id(data)
-        if blob_id in self.writer.known_new or self.volume.catalog().has_blob(blob_id):
+        if self.volume.catalog().has_blob(blob_id):
             return blob_id, None, len(data), blob_type
         return blob_id, self.volume.sealer.seal(blob_id, data), len(data), blob_type
 
@@ -122,8 +124,7 @@ class Backup:
 
     def _blob_done(self, result):
         blob_id, sealed, raw_len, blob_type = result
-        if sealed is not None and blob_id not in self.writer.known_new:
-            self.writer.add_blob(blob_id, blob_type, sealed, raw_len)
+        if sealed is not None and self.writer.add_blob(blob_id, blob_type, sealed, raw_len):
             self.report["bytes_stored"] += len(sealed)
             self.report["blobs_stored"] += 1
             if blob_type == BLOB_SIGNATURE:

@@ -192,6 +192,8 @@ class Catalog:
             else:
                 parent = row[0]
             if i < len(parts) - 1:
+                if len(self._dir_ids) >= 100_000:   # bounded memory on huge trees
+                    self._dir_ids.clear()
                 self._dir_ids[prefix] = parent
         return parent
 

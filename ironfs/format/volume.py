@@ -274,8 +274,10 @@ class VolumeWriter:
     publishes a commit. Packs are published before the commit that names them, so
     a crash leaves only unreferenced packs, which the next writer adopts.
 
-    Invariant: every blob id in `known_new` is in a published pack of this run
-    (`self.packs`), an adopted orphan pack, or the current PackWriter."""
+    Invariant: every blob this run may reuse without storing it is in the catalog,
+    in `_run_blobs` (published or adopted packs of this run) or in `_pack_blobs`
+    (the pack being written). `_run_blobs` is a private on-disk SQLite table, so
+    a run over millions of new files keeps its memory bounded."""
 
     def __init__(self, volume: Volume):
         self.volume = volume
@@ -290,7 +292,9 @@ class VolumeWriter:
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, f"{socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
         self.packs: list[tuple[str, int]] = []
-        self.known_new: set[bytes] = set()
+        self._pack_blobs: set[bytes] = set()
+        self._run_blobs = sqlite3.connect("", isolation_level=None)   # "" = private temporary file
+        self._run_blobs.execute("CREATE TABLE b(id BLOB PRIMARY KEY) WITHOUT ROWID")
         self._current: packfmt.PackWriter | None = None
         self._packs_dir = os.path.join(volume.root, "packs")
         self._remove_tmp_files()
@@ -320,27 +324,36 @@ class VolumeWriter:
                 os.unlink(path)
                 continue
             self.adopted.append((name, os.path.getsize(path)))
-            self.known_new.update(e.blob_id for e in entries)
+            self._run_blobs.executemany("INSERT OR IGNORE INTO b VALUES(?)", ((e.blob_id,) for e in entries))
             logger.info("adopting pack %s (%d blobs) left by an interrupted run", name, len(entries))
 
-    def has_blob(self, blob_id: bytes) -> bool:
-        return blob_id in self.known_new or self.catalog.has_blob(blob_id)
+    def in_run(self, blob_id: bytes) -> bool:
+        """Stored by this run (or adopted) though not yet in the catalog. Main thread only."""
+        return blob_id in self._pack_blobs or self._run_blobs.execute(
+            "SELECT 1 FROM b WHERE id=?", (blob_id,)).fetchone() is not None
 
-    def add_blob(self, blob_id: bytes, blob_type: int, sealed: bytes, raw_length: int) -> None:
-        if blob_id in self.known_new:
-            return
+    def has_blob(self, blob_id: bytes) -> bool:
+        return self.in_run(blob_id) or self.catalog.has_blob(blob_id)
+
+    def add_blob(self, blob_id: bytes, blob_type: int, sealed: bytes, raw_length: int) -> bool:
+        """Add a sealed blob unless this run already stored it; True if added."""
+        if self.in_run(blob_id):
+            return False
         if self._current is None:
             self._current = packfmt.PackWriter(self._packs_dir)
         self._current.add(blob_id, blob_type, sealed, raw_length)
         crashpoint("mid-pack")
-        self.known_new.add(blob_id)
+        self._pack_blobs.add(blob_id)
         if self._current.size >= self.volume.pack_target:
             self.flush_pack()
+        return True
 
     def flush_pack(self) -> None:
         if self._current is not None and self._current.entries:
             writer, self._current = self._current, None
             self.packs.append(writer.finish())
+            self._run_blobs.executemany("INSERT OR IGNORE INTO b VALUES(?)", ((b,) for b in self._pack_blobs))
+            self._pack_blobs = set()
             crashpoint("pack-published")
 
     def start_commit(self, kind: str, **header) -> commitlog.CommitWriter:
@@ -359,7 +372,8 @@ class VolumeWriter:
         self.catalog.apply(self.seq, commitlog.read_commit(self.volume.commit_path(self.seq)), self.volume.pack_index)
         seq = self.seq
         self.seq += 1
-        self.packs, self.adopted, self.known_new = [], [], set()
+        self.packs, self.adopted = [], []
+        self._run_blobs.execute("DELETE FROM b")
         return seq
 
     def discard(self, remove_packs: bool) -> None:
@@ -378,6 +392,7 @@ class VolumeWriter:
             self.packs = []
 
     def close(self) -> None:
+        self._run_blobs.close()
         if self._lock_fd is not None:
             try:
                 os.ftruncate(self._lock_fd, 0)
