@@ -19,7 +19,10 @@ fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/pip install -q --upgrade pip >/dev/null
-.venv/bin/pip install -q -e '.[test]'
+if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test]'; } > .venv/pip.log 2>&1; then
+  cat .venv/pip.log
+  echo "error: installing the Python packages failed (log above, also in .venv/pip.log)" >&2
+  exit 1
+fi
 # The editable install builds native/ into ironfs/_native*.so; insist on it here.
 .venv/bin/python -c "from ironfs.format import delta; assert delta.IMPLEMENTATION == 'native', delta.IMPLEMENTATION"
