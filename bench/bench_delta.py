@@ -8,7 +8,9 @@ rewritten at random page-aligned offsets, then times
 
 Both read the files from the page cache (they were just written).  Each
 measurement is repeated --repeat times and the fastest kept, for both tools
-alike.  Our delta size is counted as literal bytes + 12 bytes per op (an
+alike; CPU seconds (user + system, all threads) are shown beside the wall
+clock, and the load average before and after, since a busy machine slows
+the threaded run most.  Our delta size is counted as literal bytes + 12 bytes per op (an
 extent record); rdiff's is the size of its delta file.  Our ops are checked
 against the new file (untimed).  Temp files go under a fresh mkdtemp() and
 are removed.  rdiff comes from Debian's `rdiff` package (librsync-tools
@@ -23,8 +25,8 @@ import argparse
 import os
 import platform
 import random
+import resource
 import shutil
-import statistics  # noqa: F401  (kept for ad-hoc use of --repeat)
 import subprocess
 import sys
 import tempfile
@@ -69,15 +71,26 @@ def make_files(tmp, size, page, fraction, seed):
     return old, new, len(changed) * page
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads) and of its waited-for children."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def best_of(repeat, fn):
+    """(fastest wall seconds, CPU seconds of that run, result)."""
     best = None
     result = None
     for _ in range(repeat):
+        c0 = cpu_seconds()
         t0 = time.perf_counter()
         result = fn()
         dt = time.perf_counter() - t0
-        best = dt if best is None else min(best, dt)
-    return best, result
+        dc = cpu_seconds() - c0
+        if best is None or dt < best[0]:
+            best = (dt, dc)
+    return best[0], best[1], result
 
 
 def check_ops(ops, old, new):
@@ -96,12 +109,13 @@ def check_ops(ops, old, new):
 
 
 def run_ours(old, new, bs, threads, repeat):
-    t_sig, sig = best_of(repeat, lambda: delta.signature_file(old, bs, threads=threads))
-    t_enc, ops = best_of(repeat, lambda: delta.encode_file(sig, new, threads=threads))
+    t_sig, c_sig, sig = best_of(repeat, lambda: delta.signature_file(old, bs, threads=threads))
+    t_enc, c_enc, ops = best_of(repeat, lambda: delta.encode_file(sig, new, threads=threads))
     literal = sum(len(op[1]) for op in ops if op[0] == delta.LITERAL)
     return {
         "sig_s": t_sig,
         "delta_s": t_enc,
+        "cpu_s": c_sig + c_enc,
         "sig_bytes": len(sig.to_bytes()),
         "delta_bytes": literal + OP_COST * len(ops),
         "literal": literal,
@@ -119,11 +133,12 @@ def run_rdiff(rdiff, tmp, old, new, bs, repeat):
     def make_delta():
         subprocess.run([rdiff, "-f", "delta", sig, new, dlt], check=True)
 
-    t_sig, _ = best_of(repeat, signature)
-    t_enc, _ = best_of(repeat, make_delta)
+    t_sig, c_sig, _ = best_of(repeat, signature)
+    t_enc, c_enc, _ = best_of(repeat, make_delta)
     return {
         "sig_s": t_sig,
         "delta_s": t_enc,
+        "cpu_s": c_sig + c_enc,
         "sig_bytes": os.path.getsize(sig),
         "delta_bytes": os.path.getsize(dlt),
     }
@@ -150,6 +165,7 @@ def main(argv=None):
     print(f"file: {args.size_mib} MiB random, {args.changed:.1%} of {args.page}-byte pages rewritten; "
           f"block size {args.block_size}; best of {args.repeat}")
 
+    load_before = os.getloadavg()
     tmp = tempfile.mkdtemp(prefix="ironcore-bench-")
     try:
         old, new, changed = make_files(tmp, size, args.page, args.changed, args.seed)
@@ -167,19 +183,23 @@ def main(argv=None):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+    load_after = os.getloadavg()
+    print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     print(f"changed bytes: {changed}; our ops: {ours['ops']}, literal bytes: {ours['literal']}")
     print()
-    head = f"| {'tool':<22} | {'signature s':>11} | {'delta s':>8} | {'total s':>8} | {'MB/s':>6} | {'sig bytes':>10} | {'delta bytes':>11} |"
+    head = (f"| {'tool':<22} | {'signature s':>11} | {'delta s':>8} | {'total s':>8} | {'CPU s':>6} | "
+            f"{'MB/s':>6} | {'sig bytes':>10} | {'delta bytes':>11} |")
     print(head)
     print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
     for name, r in rows:
         total = r["sig_s"] + r["delta_s"]
-        print(f"| {name:<22} | {r['sig_s']:>11.3f} | {r['delta_s']:>8.3f} | {total:>8.3f} | "
+        print(f"| {name:<22} | {r['sig_s']:>11.3f} | {r['delta_s']:>8.3f} | {total:>8.3f} | {r['cpu_s']:>6.2f} | "
               f"{2 * size / total / 1e6:>6.0f} | {r['sig_bytes']:>10} | {r['delta_bytes']:>11} |")
     print()
     t_ours = ours["sig_s"] + ours["delta_s"]
     t_theirs = theirs["sig_s"] + theirs["delta_s"]
-    print(f"speed-up (rdiff time / ours, {args.threads} threads): {t_theirs / t_ours:.2f}x")
+    print(f"speed-up (rdiff time / ours, {args.threads} threads): {t_theirs / t_ours:.2f}x; "
+          f"CPU time rdiff / ours: {theirs['cpu_s'] / ours['cpu_s']:.2f}x")
     print(f"delta size (ours / rdiff): {ours['delta_bytes'] / theirs['delta_bytes']:.4f}; "
           f"rdiff overhead over our literal bytes: {(theirs['delta_bytes'] - ours['literal']) / ours['ops']:.1f} "
           f"bytes per op of ours")

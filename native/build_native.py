@@ -15,6 +15,7 @@ import os
 from cffi import FFI
 
 SOURCES = ["delta.c", "blake2b.c"]
+HEADERS = ["delta.h", "blake2b.h", "blake2b_x4.h", "rollsum.h"]
 
 CDEF = """
 #define IC_SIG_RECORD 20
@@ -45,6 +46,9 @@ int ic_encoder_scan(ic_encoder *e, const uint8_t *buf, size_t len, uint64_t base
 uint64_t ic_encoder_keep_from(const ic_encoder *e);
 
 void ic_blake2b_128(const uint8_t *in, size_t inlen, uint8_t out[16]);
+void ic_blake2b_128_x4(const uint8_t *const in[4], size_t inlen, uint8_t *const out[4]);
+int ic_blake2b_x4_simd(void);
+int ic_blake2b_x4_selftest(void);
 int ic_selftest(void);
 """
 
@@ -56,7 +60,9 @@ ffibuilder.set_source(
     # Paths relative to the project root, where setup.py runs the build.
     sources=[os.path.join("native", s) for s in SOURCES],
     include_dirs=["native"],
-    # -O3 only: no -march, the wheel must run on any x86_64 / aarch64.
+    depends=[os.path.join("native", h) for h in HEADERS],
+    # -O3 only: no -march, the wheel must run on any x86_64 / aarch64 (the
+    # AVX2 / AVX-512 BLAKE2b lanes are picked at run time, see blake2b.c).
     extra_compile_args=["-O3", "-std=c99", "-Wall", "-Wextra", "-Wno-unused-parameter"],
     optional=True,
 )

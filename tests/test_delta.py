@@ -384,7 +384,20 @@ def test_weak_known_answers(impl, data, want):
 
 def test_native_self_test(native):
     assert native._kernel.lib.ic_selftest() == 0
+    assert native._kernel.lib.ic_blake2b_x4_selftest() == 0
     assert native._kernel.weak(b"ab") == 0x913C9625
+
+
+@pytest.mark.parametrize("length", [0, 1, 127, 128, 129, 4096, 8192 + 5])
+def test_blake2b_four_lanes(native, length):
+    # Four messages at once (SIMD lanes where the CPU has them) equal hashlib.
+    ffi, lib = native._kernel.ffi, native._kernel.lib
+    rnd = random.Random(length)
+    msgs = [random_bytes(rnd, length) for _ in range(4)]
+    keep = [ffi.from_buffer("uint8_t[]", m) for m in msgs]
+    outs = [ffi.new("uint8_t[16]") for _ in range(4)]
+    lib.ic_blake2b_128_x4(ffi.new("const uint8_t *[4]", keep), length, ffi.new("uint8_t *[4]", outs))
+    assert [bytes(o) for o in outs] == [hashlib.blake2b(m, digest_size=16).digest() for m in msgs]
 
 
 @pytest.mark.parametrize(
