@@ -96,3 +96,22 @@ def test_identical_content_anywhere_is_stored_once(env, tmp_path, how):
         os.rename(src / "a" / "big", src / "b" / "moved")
     report = env.backup_json()
     assert report["bytes_stored"] - report["signature_bytes_stored"] == 0, (first, report)
+
+
+def test_lost_file_cache_is_rebuilt_from_the_volume(env, tmp_path):
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(30):
+        (src / "d" / f"f{i}").write_bytes(os.urandom(3000 * i))
+    write_random(src / "big", 20 << 20, 6)
+    env.add_set("s", src)
+    env.backup_json()
+    import shutil
+    shutil.rmtree(env.home / "cache")
+    report = env.backup_json()
+    # every file is read again (no inode or ctime is known), but nothing is stored again
+    assert report["bytes_read"] > 20 << 20
+    assert report["blobs_stored"] == 0, report
+    assert report["files_changed"] == 31 and report["deleted"] == 0
+    again = env.backup_json()
+    assert again["bytes_read"] == 0 and again["files_unchanged"] == 31
