@@ -224,16 +224,9 @@ class Backup:
         rel = abspath.lstrip(b"/")
         try:
             st = st or os.lstat(abspath)
-        except FileNotFoundError:
-            self._error(abspath, "has been removed already")
-            return
-        except OSError as exc:
-            self._keep_old(rel, abspath, exc)
-            return
-        kind = kind_of(st)
-        if kind is None:
-            return  # sockets and the like are not backed up
-        try:
+            kind = kind_of(st)
+            if kind is None:
+                return  # sockets and the like are not backed up
             rec = version_record(abspath, rel, st, kind)
         except FileNotFoundError:
             self._error(abspath, "has been removed already")

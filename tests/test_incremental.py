@@ -1,6 +1,7 @@
 """Only what changed is stored: unchanged trees, page rewrites, inserts, renames."""
 import os
 import random
+import shutil
 
 import pytest
 
@@ -106,7 +107,6 @@ def test_lost_file_cache_is_rebuilt_from_the_volume(env, tmp_path):
     write_random(src / "big", 20 << 20, 6)
     env.add_set("s", src)
     env.backup_json()
-    import shutil
     shutil.rmtree(env.home / "cache")
     report = env.backup_json()
     # every file is read again (no inode or ctime is known), but nothing is stored again

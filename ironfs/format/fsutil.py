@@ -34,6 +34,18 @@ def raise_if_full(exc: OSError, where: str) -> None:
     raise exc
 
 
+def discard(file, tmp_path: str) -> None:
+    """Close and remove an unfinished temporary file, whatever state it is in."""
+    try:
+        file.close()
+    except OSError:
+        pass
+    try:
+        os.unlink(tmp_path)
+    except FileNotFoundError:
+        pass
+
+
 def publish(tmp_path: str, final_path: str) -> None:
     """fsync `tmp_path`, rename it to `final_path`, fsync the destination folder."""
     fd = os.open(tmp_path, os.O_RDONLY)

@@ -16,7 +16,7 @@ import zstandard
 
 from ironfs.errors import CorruptData, VolumeFormatError
 from ironfs.format.catalog import split_path
-from ironfs.format.fsutil import publish, raise_if_full, tmp_name
+from ironfs.format.fsutil import discard, publish, raise_if_full, tmp_name
 
 MAGIC = b"IRONCMIT"
 VERSION = 1
@@ -100,14 +100,7 @@ class CommitWriter:
         return final
 
     def abort(self) -> None:
-        try:
-            self._file.close()
-        except OSError:
-            pass
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        discard(self._file, self.path)
 
 
 class _LimitedHashingReader(io.RawIOBase):
@@ -134,6 +127,16 @@ def read_commit(path: str):
         size = os.fstat(f.fileno()).st_size
         if size < len(HEADER) + TRAILER_LEN:
             raise CorruptData(f"Commit {name} is truncated.")
+        # Check the trailer before yielding any record: altered bytes often still decode,
+        # and callers must never act on (or crash over) records of a damaged commit.
+        h = hashlib.sha256()
+        left = size - TRAILER_LEN
+        while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+            h.update(chunk)
+            left -= len(chunk)
+        if left or f.read(TRAILER_LEN) != h.digest():
+            raise CorruptData(f"Commit {name} fails its SHA-256 check.")
+        f.seek(0)
         h = hashlib.sha256()
         body = _LimitedHashingReader(f, size - TRAILER_LEN, h)
         head = body.read(len(HEADER))

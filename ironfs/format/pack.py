@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass
 
 from ironfs.errors import CorruptData
-from ironfs.format.fsutil import publish, raise_if_full, tmp_name
+from ironfs.format.fsutil import discard, publish, raise_if_full, tmp_name
 
 MAGIC = b"IRONPACK"
 INDEX_MAGIC = b"IRONPIDX"
@@ -81,14 +81,7 @@ class PackWriter:
         return name, self.size
 
     def abort(self) -> None:
-        try:
-            self._file.close()
-        except OSError:
-            pass
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        discard(self._file, self.path)
 
 
 def parse_index(tail: bytes, pack_size: int, name: str = "?") -> list[IndexEntry]:
