@@ -112,7 +112,7 @@ class _NativeScanner:
         self._prepared = kernel.prepare(sig)  # keeps the index and records alive
         enc = lib.ic_encoder_new(self._prepared[0], start, _NO_LIMIT if limit is None else limit)
         if enc == ffi.NULL:
-            raise MemoryError("ic_encoder_new failed")
+            raise MemoryError("cannot allocate a delta encoder")
         self._enc = ffi.gc(enc, lib.ic_encoder_free)
         self._ops = ffi.new("ic_op[]", self._CAP)
         self._nops = ffi.new("size_t *")
@@ -173,7 +173,9 @@ class _NativeKernel:
             records = self.ffi.from_buffer("uint8_t[]", sig._records)
             ix = self.lib.ic_index_new(records, sig.block_count, sig.block_size, sig.file_size)
             if ix == self.ffi.NULL:
-                raise MemoryError("ic_index_new failed")
+                raise MemoryError(
+                    f"cannot index a signature of {sig.block_count} blocks (out of memory, or over 2**32 - 2 blocks)"
+                )
             prepared = sig._cache[self.name] = (self.ffi.gc(ix, self.lib.ic_index_free), records)
         return prepared
 
