@@ -443,7 +443,7 @@ class Backup:
             raise Fallback()
         try:
             sig = self._load_signature(basis)
-        except IroncoreError as exc:
+        except (IroncoreError, ValueError) as exc:
             logger.info("no usable signature for a delta basis (%s); storing the file whole", exc)
             raise Fallback() from None
         slicer = ExtentSlicer(basis["ext"])

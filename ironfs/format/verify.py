@@ -49,7 +49,7 @@ def verify_volume(volume, read_data: bool = False, record_damage: bool = True) -
         if packfmt.file_sha256(path) != name:
             errors.append(f"Pack {name} is damaged: its SHA-256 does not match its name.")
             report["damaged_packs"].append(name)
-        elif name not in referenced:
+        elif name not in referenced and log_ok:   # with an unreadable log, nothing can be called unreferenced
             warnings.append(f"Pack {name} is not referenced by any commit (left by an interrupted run; "
                             "the next backup adopts it, gc removes it).")
     if not log_ok:
@@ -105,6 +105,13 @@ def _read_data(volume, report, record_damage: bool) -> None:
             try:
                 volume.sealer.open(e.blob_id, volume.read_sealed(name, e.offset, e.length), e.raw_length)
             except IroncoreError:
+                row = catalog.db.execute("SELECT pack FROM blobs WHERE id=?", (e.blob_id,)).fetchone()
+                if row is not None and row[0] != name:
+                    # a stale copy: the blob was stored again (healed) and the volume reads it
+                    # from another pack; recording it as damage would undo the healing
+                    report["warnings"].append(f"Pack {name} holds a damaged copy of blob {e.blob_id.hex()}; "
+                                              f"the volume uses its sound copy in pack {row[0]}.")
+                    continue
                 bad[e.blob_id] = name
     for blob_id, pack in sorted(bad.items()):
         report["damaged_blobs"].append({"blob": blob_id.hex(), "pack": pack})
