@@ -8,6 +8,7 @@ so memory stays bounded by the pipeline depth, not by the tree."""
 import bisect
 import errno
 import fnmatch
+import functools
 import logging
 import os
 import stat
@@ -20,6 +21,7 @@ from client.cache import FileCache, entry_digest, version_digest
 from client.fsmeta import kind_of, version_record
 from ironfs.errors import DiskFull, IroncoreError
 from ironfs.format import delta
+from ironfs.format.content import ContentHasher, content_id
 from ironfs.format.pack import BLOB_DATA, BLOB_SIGNATURE
 
 logger = logging.getLogger(__name__)
@@ -29,7 +31,7 @@ DELTA_MIN_SIZE = 256 * 1024      # below this a changed file is simply stored ag
 INLINE_MAX = 32 * 1024           # files this small are stored on the main thread: no hand-off costs
 MAX_INFLIGHT = 64                # blobs being sealed at once (x 128 KiB of memory)
 SPOOL_IN_MEMORY = 32 << 20       # literal data of a delta kept in memory before spilling to a temp file
-ZEROS = bytes(READ_CHUNK)
+LANE_DEPTH = 8                   # file chunks queued for the hash lane (x 1 MiB of memory)
 
 
 class Fallback(Exception):
@@ -108,22 +110,30 @@ class Backup:
         self.volume_root = os.fsencode(volume.root)
 
     # --- pipeline ------------------------------------------------------------------
-    def _seal_job(self, data, blob_type):
-        """Name and seal a blob (worker thread). Blobs already in the catalog are not
-        sealed again; one stored earlier in this run may be, and add_blob drops it."""
+    def _seal_job(self, data, blob_type, block_size=None):
+        """Name and seal a blob, and take its signature records when block_size is
+        given (worker thread). Blobs already in the catalog are not sealed again;
+        one stored earlier in this run may be, and add_blob drops it."""
         blob_id = self.key.blob_id(data)
+        records = delta.signature(data, block_size).records if block_size else None
         if self.volume.catalog().has_blob(blob_id):
-            return blob_id, None, len(data), blob_type
-        return blob_id, self.volume.sealer.seal(blob_id, data), len(data), blob_type
+            return blob_id, None, len(data), blob_type, records
+        return blob_id, self.volume.sealer.seal(blob_id, data), len(data), blob_type, records
 
-    def _store_blob(self, data, blob_type=BLOB_DATA):
-        """Queue a blob; returns its future (resolved to the blob id via the queue)."""
-        fut = self.pool.submit(self._seal_job, data, blob_type)
+    def _store_blob(self, data, blob_type=BLOB_DATA, block_size=None):
+        """Queue a blob; returns its future (resolved, in order, by the queue)."""
+        fut = self.pool.submit(self._seal_job, data, blob_type, block_size)
         self._push(fut, self._blob_done)
         return fut
 
+    def _store_now(self, data, blob_type) -> bytes:
+        """Seal and add a blob on this thread; returns its id."""
+        result = self._seal_job(data, blob_type)
+        self._blob_done(result)
+        return result[0]
+
     def _blob_done(self, result):
-        blob_id, sealed, raw_len, blob_type = result
+        blob_id, sealed, raw_len, blob_type, _ = result
         if sealed is not None and self.writer.add_blob(blob_id, blob_type, sealed, raw_len):
             self.report["bytes_stored"] += len(sealed)
             self.report["blobs_stored"] += 1
@@ -157,9 +167,7 @@ class Backup:
         if self.cache.seq != latest:
             logger.info("file cache is at snapshot %s, volume at %s: rebuilding the cache", self.cache.seq, latest)
             self.cache.reset_from_catalog(catalog, latest, entry_digest)
-        self.unsound = {r[0] for r in catalog.db.execute(
-            "SELECT DISTINCT cb.content FROM content_blobs cb LEFT JOIN blobs b ON b.id = cb.blob "
-            "WHERE b.id IS NULL OR b.damaged = 1")}
+        self.unsound = catalog.contents_using(catalog.damaged_blobs())
         with self.volume.writer() as self.writer, ThreadPoolExecutor(self.threads) as self.pool, \
                 ThreadPoolExecutor(1) as self.hash_lane:
             self.run_id = self.cache.begin()
@@ -319,23 +327,17 @@ class Backup:
                 self._keep_old(rel, abspath, exc)
                 return
         try:
-            content_rec = None
+            stored = None
             if st.st_size <= INLINE_MAX:
-                content_rec = self._store_small(fd, st)
-                if content_rec is not None:
-                    rec["size"] = content_rec["size"]
-                    if not self.volume.catalog().content_is_sound(content_rec["id"]) \
-                            or content_rec["id"] in self.unsound:
-                        self.commit.add(content_rec)
-                    self._record(rel, st, rec, content_rec["id"])
-                    return
-            if basis is not None and st.st_size >= DELTA_MIN_SIZE and st.st_blocks * 512 >= st.st_size:
+                stored = self._store_small(fd)
+            if stored is None and basis is not None and st.st_size >= DELTA_MIN_SIZE \
+                    and st.st_blocks * 512 >= st.st_size:
                 try:
-                    content_rec = self._store_delta(fd, st, basis)
+                    stored = self._store_delta(fd, st, basis)
                 except Fallback:
-                    os.lseek(fd, 0, os.SEEK_SET)
-            if content_rec is None:
-                content_rec = self._store_whole(fd, st)
+                    pass
+            if stored is None:
+                stored = self._store_whole(fd, st)
         except DiskFull:
             raise
         except OSError as exc:
@@ -343,35 +345,14 @@ class Backup:
             return
         finally:
             os.close(fd)
-        rec["size"] = content_rec["size"]
 
         def finish():
-            content_rec["ext"] = [[e[0].result()[0] if hasattr(e[0], "result") else e[0], e[1], e[2]]
-                                  for e in content_rec["ext"]]
-            content_rec["sig"] = [f.result()[0] for f in content_rec["sig"]]
-            if not self.volume.catalog().content_is_sound(content_rec["id"]) or content_rec["id"] in self.unsound:
-                self.commit.add(content_rec)
-            self._record(rel, st, rec, content_rec["id"])
+            content = stored()
+            rec["size"] = content["size"]
+            if not self.volume.catalog().has_content(content["id"]) or content["id"] in self.unsound:
+                self.commit.add(content)
+            self._record(rel, st, rec, content["id"])
         self._emit(finish)
-
-    def _hash_and_sign(self, size: int):
-        """The whole-file hasher, the next signature's builder (None for small
-        files) with its block size, and one function that feeds both in order."""
-        hasher = self.key.content_hasher()
-        block_size = delta.block_size_for(size) if size >= DELTA_MIN_SIZE else None
-        builder = delta.SignatureBuilder(block_size) if block_size else None
-
-        def update(chunk):
-            hasher.update(chunk)
-            if builder is not None:
-                builder.update(chunk)
-        return hasher, builder, block_size, update
-
-    def _signature_blobs(self, builder) -> list:
-        if builder is None:
-            return []
-        sig = builder.finish().to_bytes()
-        return [self._store_blob(sig[i:i + self.max_blob], BLOB_SIGNATURE) for i in range(0, len(sig), self.max_blob)]
 
     def _read(self, fd: int, offset: int, length: int) -> bytes:
         data = os.pread(fd, length, offset)
@@ -380,80 +361,125 @@ class Backup:
             self.progress.bytes(len(data))
         return data
 
-    def _store_whole(self, fd: int, st) -> dict:
-        hasher, builder, block_size, update = self._hash_and_sign(st.st_size)
-        lane = []
-        extents = []
-        pos = 0
-        for start, end in data_regions(fd, st):
-            if start > pos:
-                extents.append([None, 0, start - pos])
-                lane.append(self.hash_lane.submit(self._zeros, update, start - pos))
-            pos = start
-            while pos < end:
-                want = min(end, (pos // self.max_blob + 1) * self.max_blob) - pos
-                data = self._read(fd, pos, want)
-                if not data:
-                    break
-                lane.append(self.hash_lane.submit(update, data))
-                extents.append([self._store_blob(data), 0, len(data)])
-                pos += len(data)
-                if len(data) < want:
-                    break
-            if pos < end:
-                break   # the file shrank while we read it
-        else:
-            if st.st_size > pos:   # a trailing hole
-                extents.append([None, 0, st.st_size - pos])
-                lane.append(self.hash_lane.submit(self._zeros, update, st.st_size - pos))
-                pos = st.st_size
-        for f in lane:
-            f.result()
-        return {"t": "content", "id": hasher.digest(), "size": pos, "ext": extents,
-                "sig": self._signature_blobs(builder), "bs": block_size}
-
-    def _store_small(self, fd: int, st) -> dict | None:
-        """A small file in one read, hashed and sealed right here; None if it grew."""
+    def _store_small(self, fd: int):
+        """A small file in one read, sealed right here; None if it grew past INLINE_MAX."""
         data = self._read(fd, 0, INLINE_MAX + 1)
         if len(data) > INLINE_MAX:
             return None
-        hasher = self.key.content_hasher()
-        hasher.update(data)
-        extents = []
-        if data:
-            sealed = self._seal_job(data, BLOB_DATA)
-            self._blob_done(sealed)
-            extents.append([sealed[0], 0, len(data)])
-        return {"t": "content", "id": hasher.digest(), "size": len(data), "ext": extents, "sig": [], "bs": None}
+        extents = [[self._store_now(data, BLOB_DATA), 0, len(data)]] if data else []
+        content = {"t": "content", "id": content_id(self.key, data), "size": len(data), "ext": extents,
+                   "sig": [], "bs": None}
+        return lambda: content
 
-    @staticmethod
-    def _zeros(update, length: int) -> None:
-        while length > 0:
-            n = min(length, len(ZEROS))
-            update(memoryview(ZEROS)[:n])
-            length -= n
+    def _store_whole(self, fd: int, st):
+        """Store a file as grid-aligned blobs; chunks wholly in a hole are not read.
+        Ids, content id and signature come from the workers; returns the resolver."""
+        size = st.st_size
+        block_size = delta.block_size_for(size) if size >= DELTA_MIN_SIZE else None
+        holes = HoleMap(fd, st)
+        pieces = []
+        pos = 0
+        while pos < size:
+            length = min(self.max_blob, size - pos)
+            if holes.covers(pos, length):
+                pieces.append((None, length))
+                pos += length
+                continue
+            data = self._read(fd, pos, length)
+            if data:
+                pieces.append((self._store_blob(data, BLOB_DATA, block_size), len(data)))
+            pos += len(data)
+            if len(data) < length:
+                break   # the file shrank while we read it
 
-    def _load_signature(self, basis: dict):
-        raw = b"".join(self.volume.read_blob(b) for b in basis["sig"])
-        return delta.Signature.from_bytes(raw)
+        def resolve() -> dict:
+            hasher = ContentHasher(self.key, self.max_blob)
+            extents, records = [], []
+            for fut, length in pieces:
+                if fut is None:
+                    hasher.add_zeros(length)
+                    merge_extent(extents, None, 0, length)
+                    if block_size:
+                        records.append(zero_records(block_size, length))
+                else:
+                    blob_id, _, _, _, recs = fut.result()
+                    hasher.add_chunk(blob_id, length)
+                    extents.append([blob_id, 0, length])
+                    if block_size:
+                        records.append(recs)
+            sig = delta.Signature(block_size, hasher.size, b"".join(records)).to_bytes() if block_size else None
+            return {"t": "content", "id": hasher.digest(), "size": hasher.size, "ext": extents,
+                    "sig": self._store_signature(sig, None), "bs": block_size}
+        return resolve
 
-    def _store_delta(self, fd: int, st, basis_id: bytes) -> dict:
+    def _store_signature(self, sig: bytes | None, old: tuple | None) -> list:
+        """Extents of the new signature's bytes. Against the old signature (bytes,
+        extents) only the changed groups of records are stored: a rewrite of 1% of a
+        file's blocks stores about 1% of its signature."""
+        if not sig:
+            return []
+        literal = []           # (new offset, length) of changed groups
+        if old is not None and len(old[0]) != len(sig):
+            old = None         # a different block count shifts every record: store it whole
+        if old is not None:
+            old_bytes, old_ext = old
+            for off in range(0, len(sig), SIG_GROUP):
+                if sig[off:off + SIG_GROUP] != old_bytes[off:off + SIG_GROUP]:
+                    if literal and literal[-1][0] + literal[-1][1] == off:
+                        literal[-1][1] += len(sig[off:off + SIG_GROUP])
+                    else:
+                        literal.append([off, len(sig[off:off + SIG_GROUP])])
+            if sum(n for _, n in literal) > len(sig) // 2:
+                old = None
+        if old is None:
+            literal = [[0, len(sig)]]
+        data = b"".join(sig[a:a + n] for a, n in literal)
+        blobs = [self._store_now(data[i:i + self.max_blob], BLOB_SIGNATURE) for i in range(0, len(data), self.max_blob)]
+        extents, pos, at = [], 0, 0
+        slicer = ExtentSlicer(old[1]) if old is not None else None
+        for a, n in literal + [[len(sig), 0]]:
+            if a > pos:
+                slicer.copy(extents, pos, a - pos)
+            while n:
+                blob, off = divmod(at, self.max_blob)
+                take = min(n, self.max_blob - off)
+                merge_extent(extents, blobs[blob], off, take)
+                at += take
+                n -= take
+                a += take
+            pos = a
+        return extents
+
+    def _load_signature(self, basis: dict) -> bytes:
+        return b"".join(self.volume.read_blob(b)[off:off + n] for b, off, n in basis["sig"])
+
+    def _store_delta(self, fd: int, st, basis_id: bytes):
+        """Store a changed file as copies of its basis plus literal blobs; raise
+        Fallback when that is not worth it. Returns the resolver."""
         basis = self.volume.catalog().content(basis_id)
         if basis is None or not basis["sig"]:
             raise Fallback()
         try:
-            sig = self._load_signature(basis)
+            old_sig_bytes = self._load_signature(basis)
+            sig = delta.Signature.from_bytes(old_sig_bytes)
         except (IroncoreError, ValueError) as exc:
             logger.info("no usable signature for a delta basis (%s); storing the file whole", exc)
             raise Fallback() from None
         slicer = ExtentSlicer(basis["ext"])
         size = st.st_size
-        hasher, builder, block_size, update = self._hash_and_sign(size)
+        block_size = delta.block_size_for(size)
+        hasher = ContentHasher(self.key, self.max_blob)
+        builder = delta.SignatureBuilder(block_size)
         encoder = delta.Encoder(sig)
         ops = []          # [("c", old_offset, length) | ("l", spool_offset, length)]
         literal = 0
         max_ops = max(256, size // 16384)
-        lane = []
+        lane = deque()
+
+        def update(chunk):
+            hasher.update(chunk)
+            builder.update(chunk)
+
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
             def take(new_ops):
                 nonlocal literal
@@ -474,17 +500,21 @@ class Backup:
                 if literal > size // 2 or len(ops) > max_ops:
                     raise Fallback()
 
-            pos = 0
-            while pos < size:
-                data = self._read(fd, pos, min(READ_CHUNK, size - pos))
-                if not data:
-                    break
-                lane.append(self.hash_lane.submit(update, data))
-                take(encoder.feed(data))
-                pos += len(data)
-            take(encoder.finish())
-            for f in lane:
-                f.result()
+            try:
+                pos = 0
+                while pos < size:
+                    data = self._read(fd, pos, min(READ_CHUNK, size - pos))
+                    if not data:
+                        break
+                    lane.append(self.hash_lane.submit(update, data))
+                    while len(lane) > LANE_DEPTH:
+                        lane.popleft().result()
+                    take(encoder.feed(data))
+                    pos += len(data)
+                take(encoder.finish())
+            finally:
+                for f in lane:
+                    f.result()
             extents = []
             for kind, a, n in ops:
                 if kind == "c":
@@ -497,5 +527,40 @@ class Backup:
                     n -= len(data)
         if len(extents) > max_ops * 2:
             raise Fallback()
-        return {"t": "content", "id": hasher.digest(), "size": pos, "ext": extents,
-                "sig": self._signature_blobs(builder), "bs": block_size}
+        new_sig = builder.finish().to_bytes()
+        sig_extents = self._store_signature(new_sig, (old_sig_bytes, basis["sig"]))
+        content = {"t": "content", "id": hasher.digest(), "size": hasher.size, "ext": extents, "sig": sig_extents,
+                   "bs": block_size}
+
+        def resolve() -> dict:
+            content["ext"] = [[e[0].result()[0] if hasattr(e[0], "result") else e[0], e[1], e[2]]
+                              for e in content["ext"]]
+            return content
+        return resolve
+
+
+SIG_GROUP = 16 * 20   # signature records compared and stored in groups of 16 blocks
+
+
+@functools.lru_cache(maxsize=16)
+def zero_records(block_size: int, length: int) -> bytes:
+    return delta.signature(bytes(length), block_size).records
+
+
+class HoleMap:
+    """Which grid chunks of a sparse file lie wholly in a hole (never read)."""
+
+    def __init__(self, fd: int, st):
+        self.regions = list(data_regions(fd, st)) if st.st_blocks * 512 < st.st_size else None
+
+    def covers(self, pos: int, length: int) -> bool:
+        if self.regions is None:
+            return False
+        end = pos + length
+        i = bisect.bisect_right(self.regions, (pos, float("inf"))) - 1
+        for start, stop in self.regions[max(i, 0):]:
+            if start >= end:
+                break
+            if stop > pos:
+                return False
+        return True

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from client.fsmeta import apply_metadata
 from ironfs.errors import CorruptData, IroncoreError, NotFound
 from ironfs.format.catalog import ROOT, split_path
+from ironfs.format.content import ContentHasher
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ class Restore:
         return ok
 
     def _write_content(self, fd: int, content: dict) -> None:
-        hasher = self.volume.key.content_hasher()
+        hasher = ContentHasher(self.volume.key)
         extents = content["ext"]
         futures = {}
 
@@ -209,16 +210,10 @@ class Restore:
 
         ahead = schedule(0)
         pos = 0
-        zeros = None
         for i, (blob, off, length) in enumerate(extents):
             ahead = max(ahead, i)
             if blob is None:
-                zeros = zeros if zeros is not None and len(zeros) >= min(length, 1 << 20) else bytes(min(length, 1 << 20))
-                left = length
-                while left:
-                    n = min(left, len(zeros))
-                    hasher.update(memoryview(zeros)[:n])
-                    left -= n
+                hasher.add_zeros(length)
                 pos += length
                 continue
             data = self.cache.get(blob)
@@ -230,7 +225,7 @@ class Restore:
             piece = memoryview(data)[off:off + length]
             if len(piece) != length:
                 raise CorruptData(f"blob {blob.hex()} is shorter than its extent")
-            hasher.update(piece)
+            hasher.add_extent(blob, off, piece, len(data), content["size"])
             written = os.pwrite(fd, piece, pos)
             while written < length:
                 written += os.pwrite(fd, piece[written:], pos + written)

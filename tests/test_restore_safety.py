@@ -6,6 +6,7 @@ import pytest
 from client.restore import Restore
 from conftest import PASSWORD
 from ironfs.errors import CorruptData
+from ironfs.format.content import content_id
 from ironfs.format.pack import BLOB_DATA
 from ironfs.format.volume import Volume
 
@@ -22,10 +23,9 @@ def craft_snapshot(volume: Volume, entries) -> int:
             if kind == "f":
                 blob_id = volume.key.blob_id(payload)
                 w.add_blob(blob_id, BLOB_DATA, volume.sealer.seal(blob_id, payload), len(payload))
-                h = volume.key.content_hasher()
-                h.update(payload)
-                commit.add({"t": "content", "id": h.digest(), "size": len(payload), "ext": [[blob_id, 0, len(payload)]]})
-                rec.update(c=h.digest(), size=len(payload))
+                cid = content_id(volume.key, payload)
+                commit.add({"t": "content", "id": cid, "size": len(payload), "ext": [[blob_id, 0, len(payload)]]})
+                rec.update(c=cid, size=len(payload))
             elif kind == "l":
                 rec["target"] = payload
             commit.add(rec)

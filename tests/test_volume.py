@@ -7,6 +7,7 @@ import pytest
 
 from ironfs.errors import CorruptData, VolumeBusy, WrongSecret
 from ironfs.format import log as commitlog, pack as packfmt
+from ironfs.format.content import content_id
 from ironfs.format.pack import BLOB_DATA
 from ironfs.format.volume import Volume
 
@@ -21,11 +22,10 @@ def snapshot(volume, files: dict[bytes, bytes]) -> int:
         for path, data in files.items():
             blob_id = volume.key.blob_id(data)
             w.add_blob(blob_id, BLOB_DATA, volume.sealer.seal(blob_id, data), len(data))
-            h = volume.key.content_hasher()
-            h.update(data)
-            commit.add({"t": "content", "id": h.digest(), "size": len(data), "ext": [[blob_id, 0, len(data)]]})
+            cid = content_id(volume.key, data)
+            commit.add({"t": "content", "id": cid, "size": len(data), "ext": [[blob_id, 0, len(data)]]})
             commit.add({"t": "ver", "p": path, "k": "f", "mode": 0o644, "mtime_ns": 1, "size": len(data),
-                        "c": h.digest()})
+                        "c": cid})
         return w.finish_commit(commit)
 
 

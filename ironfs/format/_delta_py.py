@@ -147,6 +147,12 @@ class Signature:
             )
         return cls(block_size, file_size, data[SIG_HEADER_SIZE:])
 
+    @property
+    def records(self) -> bytes:
+        """The per-block records (weak u32 || strong 16) without the header; the
+        records of block-aligned pieces of a file concatenate to the file's."""
+        return self._records
+
     def blocks(self):
         """Yield (weak, strong) per block, in order."""
         return _RECORD.iter_unpack(self._records)

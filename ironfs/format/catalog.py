@@ -30,8 +30,6 @@ CREATE TABLE IF NOT EXISTS blobs(id BLOB PRIMARY KEY, pack TEXT NOT NULL, offset
 CREATE INDEX IF NOT EXISTS blobs_pack ON blobs(pack);
 CREATE TABLE IF NOT EXISTS contents(id BLOB PRIMARY KEY, size INTEGER NOT NULL, extents BLOB NOT NULL,
     sig BLOB, block_size INTEGER) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS content_blobs(blob BLOB NOT NULL, content BLOB NOT NULL, PRIMARY KEY(blob, content)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS content_blobs_content ON content_blobs(content);
 CREATE TABLE IF NOT EXISTS paths(id INTEGER PRIMARY KEY, parent INTEGER NOT NULL, name BLOB NOT NULL, UNIQUE(parent, name));
 CREATE TABLE IF NOT EXISTS versions(id INTEGER PRIMARY KEY, path INTEGER NOT NULL, born INTEGER NOT NULL, died INTEGER,
     kind TEXT NOT NULL, mode INTEGER, uid INTEGER, gid INTEGER, user TEXT, grp TEXT, mtime_ns INTEGER,
@@ -43,7 +41,7 @@ CREATE INDEX IF NOT EXISTS versions_content ON versions(content);
 # Tables whose rows are derived from the log; `verify` compares them with a rebuild.
 DERIVED_TABLES = {
     "commits": "seq", "snapshots": "seq", "packs": "name", "blobs": "id", "contents": "id",
-    "content_blobs": "blob, content", "paths": "id", "versions": "id",
+    "paths": "id", "versions": "id",
 }
 
 VERSION_COLUMNS = "kind, mode, uid, gid, user, grp, mtime_ns, size, content, target, xattrs, rdev"
@@ -170,9 +168,6 @@ class Catalog:
         self.db.execute("INSERT OR REPLACE INTO contents VALUES(?,?,?,?,?)",
                         (cid, rec["size"], msgpack.packb(rec["ext"]), msgpack.packb(rec.get("sig") or []),
                          rec.get("bs")))
-        self.db.execute("DELETE FROM content_blobs WHERE content=?", (cid,))
-        blob_ids = {e[0] for e in rec["ext"] if e[0] is not None} | set(rec.get("sig") or [])
-        self.db.executemany("INSERT INTO content_blobs VALUES(?,?)", ((b, cid) for b in blob_ids))
 
     def _path_id(self, path: bytes, create: bool) -> int | None:
         parts = split_path(path)
@@ -278,13 +273,28 @@ class Catalog:
         return {"id": cid, "size": row[0], "ext": msgpack.unpackb(row[1]), "sig": msgpack.unpackb(row[2]) if row[2] else [],
                 "bs": row[3]}
 
-    def content_is_sound(self, cid: bytes) -> bool:
-        """The content exists and none of its blobs is missing or marked damaged."""
-        if self.db.execute("SELECT 1 FROM contents WHERE id=?", (cid,)).fetchone() is None:
-            return False
-        bad = self.db.execute("SELECT 1 FROM content_blobs cb LEFT JOIN blobs b ON b.id = cb.blob "
-                              "WHERE cb.content=? AND (b.id IS NULL OR b.damaged=1) LIMIT 1", (cid,)).fetchone()
-        return bad is None
+    def has_content(self, cid: bytes) -> bool:
+        return self.db.execute("SELECT 1 FROM contents WHERE id=?", (cid,)).fetchone() is not None
+
+    def damaged_blobs(self) -> set[bytes]:
+        return {r[0] for r in self.db.execute("SELECT id FROM blobs WHERE damaged=1")}
+
+    def contents_using(self, blob_ids: set[bytes], missing: bool = False) -> set[bytes]:
+        """Contents whose data or signature uses any of `blob_ids` (and, with
+        `missing`, any blob that no pack holds). One pass over all contents: only
+        for the rare damaged volume and for verify."""
+        if not blob_ids and not missing:
+            return set()
+        known = None
+        if missing:
+            known = {r[0] for r in self.db.execute("SELECT id FROM blobs")}
+        out = set()
+        for cid, ext, sig in self.db.execute("SELECT id, extents, sig FROM contents"):
+            for blob, _, _ in msgpack.unpackb(ext) + (msgpack.unpackb(sig) if sig else []):
+                if blob is not None and (blob in blob_ids or (known is not None and blob not in known)):
+                    out.add(cid)
+                    break
+        return out
 
     def blob(self, blob_id: bytes):
         """(pack, offset, length, raw_length) of a sound blob, or None."""

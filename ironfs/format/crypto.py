@@ -20,7 +20,6 @@ from ironfs.errors import CorruptData, VolumeFormatError, WrongSecret
 
 MASTER_KEY_LEN = 64
 BLOB_ID_LEN = 16
-CONTENT_ID_LEN = 32
 NONCE_LEN = 12
 TAG_LEN = 16
 SLOT_AD = b"ironcore keyslot v1\x00"
@@ -103,9 +102,6 @@ class MasterKey:
 
     def blob_id(self, plaintext) -> bytes:
         return hashlib.blake2b(plaintext, digest_size=BLOB_ID_LEN, key=self.id_key, person=b"ironcore-blob").digest()
-
-    def content_hasher(self):
-        return hashlib.blake2b(digest_size=CONTENT_ID_LEN, key=self.id_key, person=b"ironcore-content")
 
 
 class BlobSealer:

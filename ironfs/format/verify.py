@@ -12,6 +12,7 @@ import tempfile
 from ironfs.errors import IroncoreError, VolumeBusy
 from ironfs.format import log as commitlog, pack as packfmt
 from ironfs.format.catalog import DERIVED_TABLES
+from ironfs.format.content import ContentHasher
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +58,7 @@ def verify_volume(volume, read_data: bool = False, record_damage: bool = True) -
     _check_catalog(volume, report)
     catalog = volume.catalog()
     report["blobs"] = catalog.db.execute("SELECT count(*) FROM blobs").fetchone()[0]
-    missing = catalog.db.execute(
-        "SELECT DISTINCT cb.content FROM content_blobs cb LEFT JOIN blobs b ON b.id = cb.blob "
-        "WHERE b.id IS NULL").fetchall()
-    for (cid,) in missing:
+    for cid in sorted(catalog.contents_using(set(), missing=True)):
         errors.append(f"Content {cid.hex()[:16]} refers to blobs that no pack holds.")
         _add_affected(catalog, report, cid)
     if read_data:
@@ -118,9 +116,7 @@ def _read_data(volume, report, record_damage: bool) -> None:
         report["errors"].append(f"Blob {blob_id.hex()} in pack {pack} is damaged.")
         if pack not in report["damaged_packs"]:
             report["damaged_packs"].append(pack)
-    affected = {cid for (cid,) in catalog.db.execute(
-        "SELECT DISTINCT content FROM content_blobs WHERE blob IN (%s)" % ",".join("?" * len(bad)), list(bad))} \
-        if bad else set()
+    affected = catalog.contents_using(set(bad))
     for cid in sorted(affected):
         _add_affected(catalog, report, cid)
     for (cid,) in catalog.db.execute("SELECT id FROM contents").fetchall():
@@ -128,15 +124,19 @@ def _read_data(volume, report, record_damage: bool) -> None:
             continue
         report["contents_checked"] += 1
         content = catalog.content(cid)
-        h = volume.key.content_hasher()
+        h = ContentHasher(volume.key)
         try:
             for blob, off, length in content["ext"]:
-                h.update(bytes(length) if blob is None else volume.read_blob(blob)[off:off + length])
+                data = bytes(length) if blob is None else volume.read_blob(blob)
+                h.add_extent(blob, off, memoryview(data)[off:off + length] if blob else data, len(data),
+                             content["size"])
+            for blob, off, length in content["sig"]:
+                volume.read_blob(blob)
         except IroncoreError as exc:
             report["errors"].append(f"Content {cid.hex()[:16]} cannot be read: {exc.message}")
             _add_affected(catalog, report, cid)
             continue
-        if h.digest() != cid:
+        if h.digest() != cid or h.size != content["size"]:
             report["errors"].append(f"Content {cid.hex()[:16]} does not match its hash.")
             _add_affected(catalog, report, cid)
     new_bad = [b for b in bad if catalog.blob(b) is not None]
