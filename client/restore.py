@@ -8,7 +8,7 @@ rest of the restore goes on and the run ends non-zero."""
 import errno
 import logging
 import os
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 
 from client.fsmeta import apply_metadata
@@ -18,7 +18,9 @@ from ironfs.format.content import ContentHasher
 
 logger = logging.getLogger(__name__)
 
-PREFETCH = 16
+PREFETCH = 16           # blobs of one large file fetched ahead
+SMALL_FILE = 4 << 20    # files up to this size are restored whole by a worker thread
+FILES_IN_FLIGHT = 64
 
 
 class BlobCache:
@@ -73,7 +75,9 @@ class Restore:
         self.target = os.path.abspath(target)
         self.progress = progress
         self.cache = BlobCache(volume)
-        self.pool = ThreadPoolExecutor(threads or max(2, os.cpu_count() or 2))
+        workers = threads or max(2, os.cpu_count() or 2)
+        self.pool = ThreadPoolExecutor(workers)         # blob prefetch for large files
+        self.file_pool = ThreadPoolExecutor(workers)    # small files, each whole on one worker
         self.is_root = os.geteuid() == 0
         self.report = {"files": 0, "dirs": 0, "other": 0, "bytes": 0, "errors": [], "warnings": []}
 
@@ -103,6 +107,7 @@ class Restore:
         finally:
             os.close(top)
             self.pool.shutdown(wait=True)
+            self.file_pool.shutdown(wait=True)
         return self.report
 
     def _fail(self, rel: bytes, message: str) -> None:
@@ -126,14 +131,48 @@ class Restore:
             raise
 
     def _restore_children(self, dir_fd: int, parent_id: int, prefix: bytes) -> None:
+        """Restore a folder's entries; small files go to workers, and all of them are
+        done before the caller closes dir_fd and sets the folder's own metadata."""
         catalog = self.volume.catalog()
-        for entry in catalog.iter_dir(parent_id, self.snapshot):
-            rel = prefix + b"/" + entry.name if prefix else entry.name
-            self._restore_entry(dir_fd, entry, rel)
+        pending = deque()
+        try:
+            for entry in catalog.iter_dir(parent_id, self.snapshot):
+                rel = prefix + b"/" + entry.name if prefix else entry.name
+                if entry.kind == "f" and entry.size <= SMALL_FILE and safe_name(entry.name):
+                    pending.append(self.file_pool.submit(self._small_file_job, dir_fd, entry, rel))
+                    while len(pending) > FILES_IN_FLIGHT:
+                        self._collect(pending.popleft())
+                else:
+                    self._restore_entry(dir_fd, entry, rel)
+        finally:
+            while pending:
+                self._collect(pending.popleft())
+
+    def _small_file_job(self, dir_fd: int, entry, rel: bytes):
+        """Worker thread: one whole small file with its metadata; reports by return value."""
+        try:
+            error = self._restore_file(dir_fd, entry, self._fetched_in_turn)
+            if error:
+                return rel, error, 0, []
+            return rel, None, entry.size, apply_metadata(dir_fd, entry.name, entry, self.is_root)
+        except OSError as exc:
+            return rel, exc.strerror or str(exc), 0, []
+
+    def _collect(self, fut) -> None:
+        rel, error, nbytes, warnings = fut.result()
+        if error:
+            self._fail(rel, error)
+            return
+        self.report["files"] += 1
+        self.report["bytes"] += nbytes
+        if self.progress:
+            self.progress.bytes(nbytes)
+        for w in warnings:
+            self.report["warnings"].append({"path": os.fsdecode(rel), "warning": w})
 
     def _restore_entry(self, parent_fd: int, entry, rel: bytes) -> None:
         name = entry.name
-        if name in (b"", b".", b"..") or b"/" in name or b"\x00" in name:
+        if not safe_name(name):
             self._fail(rel, "unsafe name in the catalog; refused")
             return
         try:
@@ -145,9 +184,14 @@ class Restore:
                     os.close(fd)
                 self.report["dirs"] += 1
             elif entry.kind == "f":
-                if not self._restore_file(parent_fd, entry, rel):
+                error = self._restore_file(parent_fd, entry, self._prefetched)
+                if error:
+                    self._fail(rel, error)
                     return
                 self.report["files"] += 1
+                self.report["bytes"] += entry.size
+                if self.progress:
+                    self.progress.bytes(entry.size)
             else:
                 self._remove_existing(parent_fd, name)
                 if entry.kind == "l":
@@ -172,67 +216,78 @@ class Restore:
         except IsADirectoryError:
             raise OSError(errno.EISDIR, "a folder is in the way") from None
 
-    def _fetch(self, blob_id: bytes) -> bytes:
-        return self.volume.read_blob(blob_id)
-
-    def _restore_file(self, parent_fd: int, entry, rel: bytes) -> bool:
+    def _restore_file(self, parent_fd: int, entry, fetch_all) -> str | None:
+        """Write one file; on failure remove it and return why (never leave it short)."""
         self._remove_existing(parent_fd, entry.name)
         content = self.volume.catalog().content(entry.content) if entry.content else None
         if entry.content and content is None:
-            self._fail(rel, "its content is missing from the catalog")
-            return False
+            return "its content is missing from the catalog"
         fd = os.open(entry.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=parent_fd)
         ok = False
         try:
             if content is not None:
-                self._write_content(fd, content)
+                write_content(fd, content, self.volume.key, fetch_all(content["ext"]))
             ok = True
         except IroncoreError as exc:
-            self._fail(rel, f"not restored: {exc.message}")
+            return f"not restored: {exc.message}"
         finally:
             os.close(fd)
             if not ok:
                 os.unlink(entry.name, dir_fd=parent_fd)
-        return ok
+        return None
 
-    def _write_content(self, fd: int, content: dict) -> None:
-        hasher = ContentHasher(self.volume.key)
-        extents = content["ext"]
+    def _fetched_in_turn(self, extents):
+        for blob, _, _ in extents:
+            yield None if blob is None else self.volume.read_blob(blob)
+
+    def _prefetched(self, extents):
+        """Blob data for each extent in order, fetched ahead by the pool (main thread)."""
         futures = {}
+        ahead = 0
 
         def schedule(i):
             while i < len(extents) and len(futures) < PREFETCH:
                 blob = extents[i][0]
                 if blob is not None and blob not in futures and self.cache.get(blob) is None:
-                    futures[blob] = self.pool.submit(self._fetch, blob)
+                    futures[blob] = self.pool.submit(self.volume.read_blob, blob)
                 i += 1
             return i
 
-        ahead = schedule(0)
-        pos = 0
-        for i, (blob, off, length) in enumerate(extents):
-            ahead = max(ahead, i)
+        for i, (blob, _, _) in enumerate(extents):
+            ahead = schedule(max(ahead, i))
             if blob is None:
-                hasher.add_zeros(length)
-                pos += length
+                yield None
                 continue
             data = self.cache.get(blob)
             if data is None:
-                fut = futures.pop(blob, None) or self.pool.submit(self._fetch, blob)
+                fut = futures.pop(blob, None) or self.pool.submit(self.volume.read_blob, blob)
                 data = fut.result()
                 self.cache.put(blob, data)
-            ahead = schedule(ahead)
-            piece = memoryview(data)[off:off + length]
-            if len(piece) != length:
-                raise CorruptData(f"blob {blob.hex()} is shorter than its extent")
-            hasher.add_extent(blob, off, piece, len(data), content["size"])
-            written = os.pwrite(fd, piece, pos)
-            while written < length:
-                written += os.pwrite(fd, piece[written:], pos + written)
+            yield data
+
+
+def safe_name(name: bytes) -> bool:
+    return name not in (b"", b".", b"..") and b"/" not in name and b"\x00" not in name
+
+
+def write_content(fd: int, content: dict, key, blobs) -> None:
+    """Write a content's extents (`blobs` yields each extent's blob data, or
+    None for holes) and check the result against the content id."""
+    hasher = ContentHasher(key)
+    pos = 0
+    for (blob, off, length), data in zip(content["ext"], blobs):
+        if blob is None:
+            hasher.add_zeros(length)
             pos += length
-            self.report["bytes"] += length
-            if self.progress:
-                self.progress.bytes(length)
-        os.ftruncate(fd, pos)
-        if pos != content["size"] or hasher.digest() != content["id"]:
-            raise CorruptData("its data does not match the stored hash")
+            continue
+        piece = memoryview(data)[off:off + length]
+        if len(piece) != length:
+            raise CorruptData(f"blob {blob.hex()} is shorter than its extent")
+        hasher.add_extent(blob, off, piece, len(data), content["size"])
+        written = os.pwrite(fd, piece, pos)
+        while written < length:
+            written += os.pwrite(fd, piece[written:], pos + written)
+        pos += length
+    os.ftruncate(fd, pos)
+    if pos != content["size"] or hasher.digest() != content["id"]:
+        raise CorruptData("its data does not match the stored hash")
