@@ -21,14 +21,13 @@ from client.cache import FileCache, entry_digest, version_digest
 from client.fsmeta import kind_of, version_record
 from ironfs.errors import DiskFull, IroncoreError
 from ironfs.format import delta
-from ironfs.format.content import ContentHasher, content_id
+from ironfs.format.content import ContentHasher
 from ironfs.format.pack import BLOB_DATA, BLOB_SIGNATURE
 
 logger = logging.getLogger(__name__)
 
 READ_CHUNK = 1 << 20
 DELTA_MIN_SIZE = 256 * 1024      # below this a changed file is simply stored again
-INLINE_MAX = 32 * 1024           # files this small are stored on the main thread: no hand-off costs
 MAX_INFLIGHT = 64                # blobs being sealed at once (x 128 KiB of memory)
 SPOOL_IN_MEMORY = 32 << 20       # literal data of a delta kept in memory before spilling to a temp file
 LANE_DEPTH = 8                   # file chunks queued for the hash lane (x 1 MiB of memory)
@@ -101,7 +100,7 @@ class Backup:
         self.bset = bset
         self.cache = FileCache(cache_dir, volume.id)
         self.progress = progress
-        self.threads = threads or max(2, os.cpu_count() or 2)
+        self.threads = threads or (os.cpu_count() or 2) + 2   # + 2: small-file reads wait on the disk
         self.max_blob = volume.max_blob
         self.report = {"files_new": 0, "files_changed": 0, "files_unchanged": 0, "dirs": 0, "other": 0,
                        "deleted": 0, "bytes_read": 0, "bytes_stored": 0, "blobs_stored": 0, "signature_bytes_stored": 0,
@@ -117,8 +116,8 @@ class Backup:
         blob_id = self.key.blob_id(data)
         records = delta.signature(data, block_size).records if block_size else None
         if self.volume.catalog().has_blob(blob_id):
-            return blob_id, None, len(data), blob_type, records
-        return blob_id, self.volume.sealer.seal(blob_id, data), len(data), blob_type, records
+            return [blob_id, None, len(data), blob_type, records]
+        return [blob_id, self.volume.sealer.seal(blob_id, data), len(data), blob_type, records]
 
     def _store_blob(self, data, blob_type=BLOB_DATA, block_size=None):
         """Queue a blob; returns its future (resolved, in order, by the queue)."""
@@ -133,7 +132,10 @@ class Backup:
         return result[0]
 
     def _blob_done(self, result):
+        """Main thread, in submission order: add the sealed blob to the pack, then
+        drop it from the result, which the file's extent list still holds."""
         blob_id, sealed, raw_len, blob_type, _ = result
+        result[1] = None
         if sealed is not None and self.writer.add_blob(blob_id, blob_type, sealed, raw_len):
             self.report["bytes_stored"] += len(sealed)
             self.report["blobs_stored"] += 1
@@ -313,25 +315,22 @@ class Backup:
         elif moved is not None and moved[3] not in self.unsound:
             basis = moved[3]
         self.report["files_changed" if old is not None else "files_new"] += 1
+        if st.st_size <= self.max_blob:
+            self._push(self.pool.submit(self._small_job, abspath),
+                       lambda result: self._small_done(result, abspath, rel, st, rec))
+            return
         try:
-            fd = os.open(abspath, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0))
+            fd = open_for_reading(abspath)
         except FileNotFoundError:
             self._error(abspath, "has been removed already")
             return
-        except PermissionError:
-            fd = None
-        if fd is None:
-            try:
-                fd = os.open(abspath, os.O_RDONLY | os.O_NOFOLLOW)
-            except OSError as exc:
-                self._keep_old(rel, abspath, exc)
-                return
+        except OSError as exc:
+            self._keep_old(rel, abspath, exc)
+            return
         try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             stored = None
-            if st.st_size <= INLINE_MAX:
-                stored = self._store_small(fd)
-            if stored is None and basis is not None and st.st_size >= DELTA_MIN_SIZE \
-                    and st.st_blocks * 512 >= st.st_size:
+            if basis is not None and st.st_size >= DELTA_MIN_SIZE and st.st_blocks * 512 >= st.st_size:
                 try:
                     stored = self._store_delta(fd, st, basis)
                 except Fallback:
@@ -347,12 +346,50 @@ class Backup:
             os.close(fd)
 
         def finish():
-            content = stored()
-            rec["size"] = content["size"]
-            if not self.volume.catalog().has_content(content["id"]) or content["id"] in self.unsound:
-                self.commit.add(content)
-            self._record(rel, st, rec, content["id"])
+            self._add_content(stored(), rel, st, rec)
         self._emit(finish)
+
+    def _add_content(self, content: dict, rel: bytes, st, rec: dict) -> None:
+        rec["size"] = content["size"]
+        if not self.volume.catalog().has_content(content["id"]) or content["id"] in self.unsound:
+            self.commit.add(content)
+        self._record(rel, st, rec, content["id"])
+
+    def _small_job(self, abspath: bytes):
+        """Worker thread: read, name and seal a file of at most one blob. Returns
+        (data length, seal result or None), or the OSError met."""
+        try:
+            fd = open_for_reading(abspath)
+            try:
+                data = os.pread(fd, self.max_blob + 1, 0)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            return exc
+        if len(data) > self.max_blob:
+            return OSError(errno.EFBIG, "it grew while being read; its last version is kept")
+        return len(data), (self._seal_job(data, BLOB_DATA) if data else None)
+
+    def _small_done(self, result, abspath: bytes, rel: bytes, st, rec: dict) -> None:
+        if isinstance(result, FileNotFoundError):
+            self._error(abspath, "has been removed already")
+            return
+        if isinstance(result, OSError):
+            self._keep_old(rel, abspath, result)
+            return
+        size, sealed = result
+        self.report["bytes_read"] += size
+        if self.progress:
+            self.progress.bytes(size)
+        extents = []
+        if sealed is not None:
+            self._blob_done(sealed)
+            extents.append([sealed[0], 0, size])
+        hasher = ContentHasher(self.key, self.max_blob)
+        if sealed is not None:
+            hasher.add_chunk(sealed[0], size)
+        self._add_content({"t": "content", "id": hasher.digest(), "size": size, "ext": extents, "sig": [],
+                           "bs": None}, rel, st, rec)
 
     def _read(self, fd: int, offset: int, length: int) -> bytes:
         data = os.pread(fd, length, offset)
@@ -360,16 +397,6 @@ class Backup:
         if self.progress:
             self.progress.bytes(len(data))
         return data
-
-    def _store_small(self, fd: int):
-        """A small file in one read, sealed right here; None if it grew past INLINE_MAX."""
-        data = self._read(fd, 0, INLINE_MAX + 1)
-        if len(data) > INLINE_MAX:
-            return None
-        extents = [[self._store_now(data, BLOB_DATA), 0, len(data)]] if data else []
-        content = {"t": "content", "id": content_id(self.key, data), "size": len(data), "ext": extents,
-                   "sig": [], "bs": None}
-        return lambda: content
 
     def _store_whole(self, fd: int, st):
         """Store a file as grid-aligned blobs; chunks wholly in a hole are not read.
@@ -385,11 +412,15 @@ class Backup:
                 pieces.append((None, length))
                 pos += length
                 continue
-            data = self._read(fd, pos, length)
-            if data:
-                pieces.append((self._store_blob(data, BLOB_DATA, block_size), len(data)))
+            run = length   # read several grid chunks at once when no hole interrupts them
+            while run < READ_CHUNK and pos + run < size and not holes.covers(pos + run, min(self.max_blob, size - pos - run)):
+                run += min(self.max_blob, size - pos - run)
+            data = self._read(fd, pos, run)
+            for i in range(0, len(data), self.max_blob):
+                piece = data[i:i + self.max_blob]
+                pieces.append((self._store_blob(piece, BLOB_DATA, block_size), len(piece)))
             pos += len(data)
-            if len(data) < length:
+            if len(data) < run:
                 break   # the file shrank while we read it
 
         def resolve() -> dict:
@@ -540,6 +571,14 @@ class Backup:
 
 
 SIG_GROUP = 16 * 20   # signature records compared and stored in groups of 16 blocks
+
+
+def open_for_reading(path: bytes) -> int:
+    """O_NOATIME where the file is ours (so backups leave atimes alone), plain otherwise."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0))
+    except PermissionError:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
 
 
 @functools.lru_cache(maxsize=16)
