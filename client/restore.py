@@ -75,7 +75,7 @@ class Restore:
         self.target = os.path.abspath(target)
         self.progress = progress
         self.cache = BlobCache(volume)
-        workers = threads or max(2, os.cpu_count() or 2)
+        workers = threads or (os.cpu_count() or 2) + 2   # + 2: reads wait on the disk
         self.pool = ThreadPoolExecutor(workers)         # blob prefetch for large files
         self.file_pool = ThreadPoolExecutor(workers)    # small files, each whole on one worker
         self.is_root = os.geteuid() == 0
@@ -83,6 +83,7 @@ class Restore:
 
     def run(self, path: str | None = None) -> dict:
         catalog = self.volume.refresh()
+        catalog.prefetch()
         os.makedirs(self.target, exist_ok=True)
         top = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -96,14 +97,14 @@ class Restore:
                 opened = []
                 try:
                     for name in names[:-1]:
-                        parent_fd = self._open_dir(parent_fd, name, create=True)
+                        parent_fd, _ = self._open_dir(parent_fd, name)
                         opened.append(parent_fd)
-                    self._restore_entry(parent_fd, entry, rel)
+                    self._restore_entry(parent_fd, entry, rel, fresh=False)
                 finally:
                     for fd in opened:
                         os.close(fd)
             else:
-                self._restore_children(top, ROOT, b"")
+                self._restore_children(top, ROOT, b"", fresh=False)
         finally:
             os.close(top)
             self.pool.shutdown(wait=True)
@@ -115,22 +116,24 @@ class Restore:
         logger.error("%s: %s", shown, message)
         self.report["errors"].append({"path": shown, "error": message})
 
-    def _open_dir(self, parent_fd: int, name: bytes, create: bool) -> int:
-        if create:
-            try:
-                os.mkdir(name, 0o700, dir_fd=parent_fd)
-            except FileExistsError:
-                pass
+    def _open_dir(self, parent_fd: int, name: bytes) -> tuple[int, bool]:
+        """Open (making it if need be) a folder without following a symlink; returns
+        (fd, fresh), fresh meaning we made it, so nothing in it needs replacing."""
+        fresh = True
         try:
-            return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+        except FileExistsError:
+            fresh = False
+        try:
+            return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd), fresh
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):   # a symlink or file stands there: replace it
                 os.unlink(name, dir_fd=parent_fd)
                 os.mkdir(name, 0o700, dir_fd=parent_fd)
-                return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+                return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd), True
             raise
 
-    def _restore_children(self, dir_fd: int, parent_id: int, prefix: bytes) -> None:
+    def _restore_children(self, dir_fd: int, parent_id: int, prefix: bytes, fresh: bool) -> None:
         """Restore a folder's entries; small files go to workers, and all of them are
         done before the caller closes dir_fd and sets the folder's own metadata."""
         catalog = self.volume.catalog()
@@ -139,19 +142,19 @@ class Restore:
             for entry in catalog.iter_dir(parent_id, self.snapshot):
                 rel = prefix + b"/" + entry.name if prefix else entry.name
                 if entry.kind == "f" and entry.size <= SMALL_FILE and safe_name(entry.name):
-                    pending.append(self.file_pool.submit(self._small_file_job, dir_fd, entry, rel))
+                    pending.append(self.file_pool.submit(self._small_file_job, dir_fd, entry, rel, fresh))
                     while len(pending) > FILES_IN_FLIGHT:
                         self._collect(pending.popleft())
                 else:
-                    self._restore_entry(dir_fd, entry, rel)
+                    self._restore_entry(dir_fd, entry, rel, fresh)
         finally:
             while pending:
                 self._collect(pending.popleft())
 
-    def _small_file_job(self, dir_fd: int, entry, rel: bytes):
+    def _small_file_job(self, dir_fd: int, entry, rel: bytes, fresh: bool):
         """Worker thread: one whole small file with its metadata; reports by return value."""
         try:
-            error = self._restore_file(dir_fd, entry, self._fetched_in_turn)
+            error = self._restore_file(dir_fd, entry, self._fetched_in_turn, fresh)
             if error:
                 return rel, error, 0, []
             return rel, None, entry.size, apply_metadata(dir_fd, entry.name, entry, self.is_root)
@@ -170,21 +173,21 @@ class Restore:
         for w in warnings:
             self.report["warnings"].append({"path": os.fsdecode(rel), "warning": w})
 
-    def _restore_entry(self, parent_fd: int, entry, rel: bytes) -> None:
+    def _restore_entry(self, parent_fd: int, entry, rel: bytes, fresh: bool) -> None:
         name = entry.name
         if not safe_name(name):
             self._fail(rel, "unsafe name in the catalog; refused")
             return
         try:
             if entry.kind == "d":
-                fd = self._open_dir(parent_fd, name, create=True)
+                fd, made = self._open_dir(parent_fd, name)
                 try:
-                    self._restore_children(fd, entry.path_id, rel)
+                    self._restore_children(fd, entry.path_id, rel, made)
                 finally:
                     os.close(fd)
                 self.report["dirs"] += 1
             elif entry.kind == "f":
-                error = self._restore_file(parent_fd, entry, self._prefetched)
+                error = self._restore_file(parent_fd, entry, self._prefetched, fresh)
                 if error:
                     self._fail(rel, error)
                     return
@@ -193,7 +196,8 @@ class Restore:
                 if self.progress:
                     self.progress.bytes(entry.size)
             else:
-                self._remove_existing(parent_fd, name)
+                if not fresh:
+                    self._remove_existing(parent_fd, name)
                 if entry.kind == "l":
                     os.symlink(entry.target, name, dir_fd=parent_fd)
                 elif entry.kind == "p":
@@ -216,9 +220,10 @@ class Restore:
         except IsADirectoryError:
             raise OSError(errno.EISDIR, "a folder is in the way") from None
 
-    def _restore_file(self, parent_fd: int, entry, fetch_all) -> str | None:
+    def _restore_file(self, parent_fd: int, entry, fetch_all, fresh: bool) -> str | None:
         """Write one file; on failure remove it and return why (never leave it short)."""
-        self._remove_existing(parent_fd, entry.name)
+        if not fresh:
+            self._remove_existing(parent_fd, entry.name)
         content = self.volume.catalog().content(entry.content) if entry.content else None
         if entry.content and content is None:
             return "its content is missing from the catalog"
@@ -288,6 +293,7 @@ def write_content(fd: int, content: dict, key, blobs) -> None:
         while written < length:
             written += os.pwrite(fd, piece[written:], pos + written)
         pos += length
-    os.ftruncate(fd, pos)
+    if content["ext"] and content["ext"][-1][0] is None:
+        os.ftruncate(fd, pos)   # a trailing hole
     if pos != content["size"] or hasher.digest() != content["id"]:
         raise CorruptData("its data does not match the stored hash")
