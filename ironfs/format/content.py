@@ -1,7 +1,7 @@
 """Content ids: the identity of a file's bytes, computed over the 128 KiB grid.
 
-    content id = BLAKE2b-256(size u64 LE || id(chunk 0) || id(chunk 1) || ...,
-                             key = id_key, person = "ironcore-content")
+    content id = BLAKE3-256(size u64 LE || id(chunk 0) || id(chunk 1) || ...,
+                            key = content_key)
     chunk i    = bytes [i*G, min((i+1)*G, size)),  G = 131072
     id(chunk)  = the blob id of those bytes
 
@@ -9,8 +9,9 @@ Defined this way, a file stored whole in grid-aligned blobs gets its content id
 from blob ids that were computed anyway, and a restore checks such a file from
 ids that decryption already verified: the whole file is never hashed twice."""
 import functools
-import hashlib
 import struct
+
+from blake3 import blake3
 
 GRID = 128 * 1024
 
@@ -79,8 +80,7 @@ class ContentHasher:
 
     def digest(self) -> bytes:
         ids = self.ids + ([self.key.blob_id(self._buf)] if self._buf else [])
-        return hashlib.blake2b(struct.pack("<Q", self.size) + b"".join(ids), digest_size=32,
-                               key=self.key.id_key, person=b"ironcore-content").digest()
+        return blake3(struct.pack("<Q", self.size) + b"".join(ids), key=self.key.content_key).digest(32)
 
 
 @functools.lru_cache(maxsize=8)

@@ -5,14 +5,14 @@ encryption key, the second the BLAKE2b key that names blobs and contents. The
 master key is stored only wrapped in key slots, each under a key derived from a
 secret with argon2id, so changing or adding a secret never re-encrypts data."""
 import base64
-import hashlib
 import os
 import secrets
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import zstandard
 from argon2.low_level import Type, hash_secret_raw
+from blake3 import blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -82,11 +82,23 @@ def open_slots(slots: list[dict], secret: bytes, volume_id: bytes) -> tuple[byte
     )
 
 
+BLOB_KEY_CONTEXT = "ironcore volume format 1 blob id"
+CONTENT_KEY_CONTEXT = "ironcore volume format 1 content id"
+
+
 @dataclass(frozen=True)
 class MasterKey:
-    """The two halves of a volume's master key and the operations that use them."""
+    """The two halves of a volume's master key and the operations that use them.
+    Blob and content ids are keyed BLAKE3 under keys derived from the id half,
+    one per purpose, so neither can stand in for the other."""
 
     raw: bytes
+    blob_key: bytes = field(init=False, repr=False, compare=False)
+    content_key: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "blob_key", derive_key(BLOB_KEY_CONTEXT, self.id_key))
+        object.__setattr__(self, "content_key", derive_key(CONTENT_KEY_CONTEXT, self.id_key))
 
     @classmethod
     def generate(cls) -> "MasterKey":
@@ -101,7 +113,11 @@ class MasterKey:
         return self.raw[32:]
 
     def blob_id(self, plaintext) -> bytes:
-        return hashlib.blake2b(plaintext, digest_size=BLOB_ID_LEN, key=self.id_key, person=b"ironcore-blob").digest()
+        return blake3(plaintext, key=self.blob_key).digest(BLOB_ID_LEN)
+
+
+def derive_key(context: str, material: bytes) -> bytes:
+    return blake3(material, derive_key_context=context).digest(32)
 
 
 class BlobSealer:

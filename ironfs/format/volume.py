@@ -84,8 +84,8 @@ class Volume:
             "created_ns": time.time_ns(),
             "cipher": "aes-256-gcm",
             "compression": "zstd",
-            "blob_id": "blake2b-128-keyed",
-            "content_id": "blake2b-256-keyed",
+            "blob_id": "blake3-128-keyed",
+            "content_id": "blake3-256-keyed",
             "max_blob": MAX_BLOB,
             "pack_target": pack_target,
             "slots": [crypto.make_slot(name, secret, master.raw, volume_id, kdf_params)
