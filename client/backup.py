@@ -115,7 +115,7 @@ class Backup:
         one stored earlier in this run may be, and add_blob drops it."""
         blob_id = self.key.blob_id(data)
         records = delta.signature(data, block_size).records if block_size else None
-        if self.volume.catalog().has_blob(blob_id):
+        if blob_id in self.writer.filter and self.volume.catalog().has_blob(blob_id):
             return [blob_id, None, len(data), blob_type, records]
         return [blob_id, self.volume.sealer.seal(blob_id, data), len(data), blob_type, records]
 

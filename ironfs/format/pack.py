@@ -10,6 +10,7 @@ the pack's name is the SHA-256 of all its bytes, so a copy is checked by name.""
 import hashlib
 import os
 import struct
+from collections import deque
 from dataclasses import dataclass
 
 from ironfs.errors import CorruptData
@@ -40,25 +41,48 @@ def pack_relpath(name: str) -> str:
 
 
 class PackWriter:
-    """Appends sealed blobs to a temporary file; `finish` publishes it under its hash."""
+    """Appends sealed blobs to a temporary file; `finish` publishes it under its hash.
 
-    def __init__(self, packs_dir: str):
+    With a `lane` (a one-thread executor) the writes and the SHA-256 run there, in
+    order, beside the caller; at most LANE_DEPTH writes wait in it."""
+
+    LANE_DEPTH = 16
+
+    def __init__(self, packs_dir: str, lane=None):
         self.packs_dir = packs_dir
         self.path = tmp_name(packs_dir, "pack-")
         self.entries: list[IndexEntry] = []
         self._hash = hashlib.sha256()
         self._file = open(self.path, "wb")
+        self._lane = lane
+        self._queued = deque()
         self.size = 0
         self._write(HEADER)
 
+    def _append(self, data) -> None:
+        self._file.write(data)
+        self._hash.update(data)
+
     def _write(self, data) -> None:
+        self.size += len(data)
         try:
-            self._file.write(data)
+            if self._lane is None:
+                self._append(data)
+                return
+            self._queued.append(self._lane.submit(self._append, data))
+            while len(self._queued) > self.LANE_DEPTH:
+                self._queued.popleft().result()
         except OSError as exc:
             self.abort()
             raise_if_full(exc, "a pack")
-        self._hash.update(data)
-        self.size += len(data)
+
+    def _drain(self) -> None:
+        try:
+            while self._queued:
+                self._queued.popleft().result()
+        except OSError as exc:
+            self.abort()
+            raise_if_full(exc, "a pack")
 
     def add(self, blob_id: bytes, blob_type: int, sealed: bytes, raw_length: int) -> None:
         self.entries.append(IndexEntry(blob_id, blob_type, self.size, len(sealed), raw_length))
@@ -69,6 +93,7 @@ class PackWriter:
         index = b"".join(ENTRY.pack(e.blob_id, e.type, e.offset, e.length, e.raw_length) for e in self.entries)
         self._write(index)
         self._write(FOOTER.pack(len(self.entries), INDEX_MAGIC))
+        self._drain()
         try:
             self._file.close()
             name = self._hash.hexdigest()
@@ -81,6 +106,12 @@ class PackWriter:
         return name, self.size
 
     def abort(self) -> None:
+        for fut in self._queued:
+            fut.cancel()
+        for fut in self._queued:
+            if not fut.cancelled():
+                fut.exception()   # wait: the file must not be written after it is removed
+        self._queued.clear()
         discard(self._file, self.path)
 
 

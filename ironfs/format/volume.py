@@ -19,9 +19,11 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
 from ironfs.errors import CorruptData, MissingData, VolumeBusy, VolumeFormatError, WrongSecret
 from ironfs.format import crypto, log as commitlog, pack as packfmt
+from ironfs.format.blobfilter import BlobFilter
 from ironfs.format.catalog import Catalog, remove_catalog_files
 from ironfs.format.faults import crashpoint
 from ironfs.format.fsutil import TMP_PREFIX, fsync_dir, raise_if_full, write_atomic
@@ -296,10 +298,15 @@ class VolumeWriter:
         self._run_blobs = sqlite3.connect("", isolation_level=None)   # "" = private temporary file
         self._run_blobs.execute("CREATE TABLE b(id BLOB PRIMARY KEY) WITHOUT ROWID")
         self._current: packfmt.PackWriter | None = None
+        self._pack_lane = ThreadPoolExecutor(1, thread_name_prefix="pack-writer")
         self._packs_dir = os.path.join(volume.root, "packs")
         self._remove_tmp_files()
         self.catalog = volume.refresh()
         self.seq = (volume.seqs() or [0])[-1] + 1
+        known = self.catalog.db.execute("SELECT count(*) FROM blobs").fetchone()[0]
+        self.filter = BlobFilter(known + (1 << 18))   # every blob known to the catalog or this run
+        for (blob_id,) in self.catalog.db.execute("SELECT id FROM blobs WHERE damaged=0"):
+            self.filter.add(blob_id)
         self.adopted: list[tuple[str, int]] = []
         self._adopt_orphans()
 
@@ -325,25 +332,30 @@ class VolumeWriter:
                 continue
             self.adopted.append((name, os.path.getsize(path)))
             self._run_blobs.executemany("INSERT OR IGNORE INTO b VALUES(?)", ((e.blob_id,) for e in entries))
+            for e in entries:
+                self.filter.add(e.blob_id)
             logger.info("adopting pack %s (%d blobs) left by an interrupted run", name, len(entries))
 
     def in_run(self, blob_id: bytes) -> bool:
         """Stored by this run (or adopted) though not yet in the catalog. Main thread only."""
+        if blob_id not in self.filter:
+            return False
         return blob_id in self._pack_blobs or self._run_blobs.execute(
             "SELECT 1 FROM b WHERE id=?", (blob_id,)).fetchone() is not None
 
     def has_blob(self, blob_id: bytes) -> bool:
-        return self.in_run(blob_id) or self.catalog.has_blob(blob_id)
+        return self.in_run(blob_id) or (blob_id in self.filter and self.catalog.has_blob(blob_id))
 
     def add_blob(self, blob_id: bytes, blob_type: int, sealed: bytes, raw_length: int) -> bool:
         """Add a sealed blob unless this run already stored it; True if added."""
         if self.in_run(blob_id):
             return False
         if self._current is None:
-            self._current = packfmt.PackWriter(self._packs_dir)
+            self._current = packfmt.PackWriter(self._packs_dir, self._pack_lane)
         self._current.add(blob_id, blob_type, sealed, raw_length)
         crashpoint("mid-pack")
         self._pack_blobs.add(blob_id)
+        self.filter.add(blob_id)
         if self._current.size >= self.volume.pack_target:
             self.flush_pack()
         return True
@@ -392,6 +404,7 @@ class VolumeWriter:
             self.packs = []
 
     def close(self) -> None:
+        self._pack_lane.shutdown(wait=True)
         self._run_blobs.close()
         if self._lock_fd is not None:
             try:
