@@ -1,17 +1,18 @@
 """One backup run: walk the sources, store what changed, publish one snapshot commit.
 
 Work is spread over threads because every heavy step releases the GIL: the main
-thread reads files and runs the delta search, a hash lane keeps the whole-file
-hash and the next signature in file order, and a pool compresses and encrypts
-blobs. The commit's records are written in file order as their blobs complete,
-so memory stays bounded by the pipeline depth, not by the tree."""
+thread walks the tree, reads large files and runs the delta search; a pool
+reads small files and names, signs, compresses and encrypts blobs; a hash lane
+keeps a delta-encoded file's content id and next signature in file order; the
+volume writer's own thread writes packs. Results come back in submission order
+(`_pending`), so the commit's records follow the walk and memory stays bounded
+by the pipeline depth, not by the tree."""
 import bisect
 import errno
 import fnmatch
 import functools
 import logging
 import os
-import stat
 import tempfile
 import time
 from collections import deque
@@ -21,6 +22,7 @@ from client.cache import FileCache, entry_digest, version_digest
 from client.fsmeta import kind_of, version_record
 from ironfs.errors import DiskFull, IroncoreError
 from ironfs.format import delta
+from ironfs.format.blobfilter import BlobFilter
 from ironfs.format.content import ContentHasher
 from ironfs.format.pack import BLOB_DATA, BLOB_SIGNATURE
 
@@ -170,6 +172,11 @@ class Backup:
             logger.info("file cache is at snapshot %s, volume at %s: rebuilding the cache", self.cache.seq, latest)
             self.cache.reset_from_catalog(catalog, latest, entry_digest)
         self.unsound = catalog.contents_using(catalog.damaged_blobs())
+        self.cache_had_entries = self.cache.db.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is not None
+        count = catalog.db.execute("SELECT count(*) FROM contents").fetchone()[0]
+        self.contents = BlobFilter(count + (1 << 18))   # "not in the catalog" without a query
+        for (cid,) in catalog.db.execute("SELECT id FROM contents"):
+            self.contents.add(cid)
         with self.volume.writer() as self.writer, ThreadPoolExecutor(self.threads) as self.pool, \
                 ThreadPoolExecutor(1) as self.hash_lane:
             self.run_id = self.cache.begin()
@@ -285,11 +292,14 @@ class Backup:
                 st = None
             self._entry(path, recurse=True, st=st)
 
-    def _record(self, rel: bytes, st, rec: dict, content) -> None:
+    def _record(self, rel: bytes, st, rec: dict, content, old=False) -> None:
+        """Write the version record if it differs from the cached one (`old`: the
+        cache row when the caller has it, None when there is none)."""
         if content is not None:
             rec["c"] = content
         digest = version_digest(rec)
-        old = self.cache.get(rel)
+        if old is False:
+            old = self.cache.get(rel)
         if old is None or old[6] != digest:
             self.commit.add(rec)
         self.cache.put(rel, self.run_id, rec["k"], st, digest, content)
@@ -301,13 +311,13 @@ class Backup:
                 and (old[1], old[2], old[3], old[4], old[5]) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns,
                                                                  st.st_ino, st.st_dev):
             self.report["files_unchanged"] += 1
-            self._record(rel, st, rec, old[7])
+            self._record(rel, st, rec, old[7], old)
             return
-        moved = self.cache.by_inode(st.st_dev, st.st_ino)
+        moved = self.cache.by_inode(st.st_dev, st.st_ino) if self.cache_had_entries else None
         if moved is not None and moved[0] != rel and (moved[1], moved[2]) == (st.st_size, st.st_mtime_ns) \
                 and moved[3] is not None and moved[3] not in self.unsound and old is None:
             self.report["files_new"] += 1
-            self._record(rel, st, rec, moved[3])   # a rename: same inode, same data
+            self._record(rel, st, rec, moved[3], old)   # a rename: same inode, same data
             return
         basis = None
         if old is not None and old[0] == "f" and old[7] not in self.unsound:
@@ -317,7 +327,7 @@ class Backup:
         self.report["files_changed" if old is not None else "files_new"] += 1
         if st.st_size <= self.max_blob:
             self._push(self.pool.submit(self._small_job, abspath),
-                       lambda result: self._small_done(result, abspath, rel, st, rec))
+                       lambda result: self._small_done(result, abspath, rel, st, rec, old))
             return
         try:
             fd = open_for_reading(abspath)
@@ -346,14 +356,16 @@ class Backup:
             os.close(fd)
 
         def finish():
-            self._add_content(stored(), rel, st, rec)
+            self._add_content(stored(), rel, st, rec, old)
         self._emit(finish)
 
-    def _add_content(self, content: dict, rel: bytes, st, rec: dict) -> None:
+    def _add_content(self, content: dict, rel: bytes, st, rec: dict, old) -> None:
         rec["size"] = content["size"]
-        if not self.volume.catalog().has_content(content["id"]) or content["id"] in self.unsound:
+        cid = content["id"]
+        if cid in self.unsound or cid not in self.contents or not self.volume.catalog().has_content(cid):
             self.commit.add(content)
-        self._record(rel, st, rec, content["id"])
+            self.contents.add(cid)
+        self._record(rel, st, rec, cid, old)
 
     def _small_job(self, abspath: bytes):
         """Worker thread: read, name and seal a file of at most one blob. Returns
@@ -370,7 +382,7 @@ class Backup:
             return OSError(errno.EFBIG, "it grew while being read; its last version is kept")
         return len(data), (self._seal_job(data, BLOB_DATA) if data else None)
 
-    def _small_done(self, result, abspath: bytes, rel: bytes, st, rec: dict) -> None:
+    def _small_done(self, result, abspath: bytes, rel: bytes, st, rec: dict, old) -> None:
         if isinstance(result, FileNotFoundError):
             self._error(abspath, "has been removed already")
             return
@@ -389,7 +401,7 @@ class Backup:
         if sealed is not None:
             hasher.add_chunk(sealed[0], size)
         self._add_content({"t": "content", "id": hasher.digest(), "size": size, "ext": extents, "sig": [],
-                           "bs": None}, rel, st, rec)
+                           "bs": None}, rel, st, rec, old)
 
     def _read(self, fd: int, offset: int, length: int) -> bytes:
         data = os.pread(fd, length, offset)

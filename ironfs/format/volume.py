@@ -21,12 +21,12 @@ import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
-from ironfs.errors import CorruptData, MissingData, VolumeBusy, VolumeFormatError, WrongSecret
+from ironfs.errors import CorruptData, DiskFull, MissingData, VolumeBusy, VolumeFormatError, WrongSecret
 from ironfs.format import crypto, log as commitlog, pack as packfmt
 from ironfs.format.blobfilter import BlobFilter
 from ironfs.format.catalog import Catalog, remove_catalog_files
 from ironfs.format.faults import crashpoint
-from ironfs.format.fsutil import TMP_PREFIX, fsync_dir, raise_if_full, write_atomic
+from ironfs.format.fsutil import TMP_PREFIX, fsync_dir, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -419,6 +419,5 @@ class VolumeWriter:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
-            from ironfs.errors import DiskFull
             self.discard(remove_packs=issubclass(exc_type, DiskFull))
         self.close()
