@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 
 READ_CHUNK = 1 << 20
 DELTA_MIN_SIZE = 256 * 1024      # below this a changed file is simply stored again
-MAX_INFLIGHT = 64                # blobs being sealed at once (x 128 KiB of memory)
+MAX_INFLIGHT = 16                # jobs queued at once (each up to 1 MiB: 8 blobs or 16 small files)
+SMALL_BATCH = 16                 # small files per worker job: fewer hand-offs between threads
 SPOOL_IN_MEMORY = 32 << 20       # literal data of a delta kept in memory before spilling to a temp file
 LANE_DEPTH = 8                   # file chunks queued for the hash lane (x 1 MiB of memory)
 
@@ -102,12 +103,13 @@ class Backup:
         self.bset = bset
         self.cache = FileCache(cache_dir, volume.id)
         self.progress = progress
-        self.threads = threads or (os.cpu_count() or 2) + 2   # + 2: small-file reads wait on the disk
+        self.threads = threads or os.cpu_count() or 2
         self.max_blob = volume.max_blob
         self.report = {"files_new": 0, "files_changed": 0, "files_unchanged": 0, "dirs": 0, "other": 0,
                        "deleted": 0, "bytes_read": 0, "bytes_stored": 0, "blobs_stored": 0, "signature_bytes_stored": 0,
                        "errors": []}
         self._pending: deque = deque()
+        self._small: list = []
         self.volume_root = os.fsencode(volume.root)
 
     # --- pipeline ------------------------------------------------------------------
@@ -184,6 +186,7 @@ class Backup:
             try:
                 for source in self._roots():
                     self._walk_root(source)
+                self._flush_small()
                 self._drain()
                 for path in self.cache.unseen(self.run_id):
                     self.commit.add({"t": "del", "p": path})
@@ -326,8 +329,9 @@ class Backup:
             basis = moved[3]
         self.report["files_changed" if old is not None else "files_new"] += 1
         if st.st_size <= self.max_blob:
-            self._push(self.pool.submit(self._small_job, abspath),
-                       lambda result: self._small_done(result, abspath, rel, st, rec, old))
+            self._small.append((abspath, rel, st, rec, old))
+            if len(self._small) >= SMALL_BATCH:
+                self._flush_small()
             return
         try:
             fd = open_for_reading(abspath)
@@ -366,6 +370,14 @@ class Backup:
             self.commit.add(content)
             self.contents.add(cid)
         self._record(rel, st, rec, cid, old)
+
+    def _flush_small(self) -> None:
+        """Hand the gathered small files to a worker as one job."""
+        if not self._small:
+            return
+        batch, self._small = self._small, []
+        self._push(self.pool.submit(lambda: [self._small_job(b[0]) for b in batch]),
+                   lambda results: [self._small_done(r, *b) for r, b in zip(results, batch)])
 
     def _small_job(self, abspath: bytes):
         """Worker thread: read, name and seal a file of at most one blob. Returns
@@ -428,9 +440,10 @@ class Backup:
             while run < READ_CHUNK and pos + run < size and not holes.covers(pos + run, min(self.max_blob, size - pos - run)):
                 run += min(self.max_blob, size - pos - run)
             data = self._read(fd, pos, run)
-            for i in range(0, len(data), self.max_blob):
-                piece = data[i:i + self.max_blob]
-                pieces.append((self._store_blob(piece, BLOB_DATA, block_size), len(piece)))
+            blobs = [data[i:i + self.max_blob] for i in range(0, len(data), self.max_blob)]
+            fut = self.pool.submit(lambda b=blobs: [self._seal_job(x, BLOB_DATA, block_size) for x in b])
+            self._push(fut, lambda results: [self._blob_done(r) for r in results])
+            pieces.extend(((fut, i), len(b)) for i, b in enumerate(blobs))
             pos += len(data)
             if len(data) < run:
                 break   # the file shrank while we read it
@@ -438,14 +451,14 @@ class Backup:
         def resolve() -> dict:
             hasher = ContentHasher(self.key, self.max_blob)
             extents, records = [], []
-            for fut, length in pieces:
-                if fut is None:
+            for job, length in pieces:
+                if job is None:
                     hasher.add_zeros(length)
                     merge_extent(extents, None, 0, length)
                     if block_size:
                         records.append(zero_records(block_size, length))
                 else:
-                    blob_id, _, _, _, recs = fut.result()
+                    blob_id, _, _, _, recs = job[0].result()[job[1]]
                     hasher.add_chunk(blob_id, length)
                     extents.append([blob_id, 0, length])
                     if block_size:

@@ -46,7 +46,8 @@ class PackWriter:
     With a `lane` (a one-thread executor) the writes and the SHA-256 run there, in
     order, beside the caller; at most LANE_DEPTH writes wait in it."""
 
-    LANE_DEPTH = 16
+    LANE_DEPTH = 8
+    BATCH = 1 << 20   # bytes handed to the lane at once
 
     def __init__(self, packs_dir: str, lane=None):
         self.packs_dir = packs_dir
@@ -56,6 +57,8 @@ class PackWriter:
         self._file = open(self.path, "wb")
         self._lane = lane
         self._queued = deque()
+        self._batch: list[bytes] = []
+        self._batched = 0
         self.size = 0
         self._write(HEADER)
 
@@ -63,13 +66,18 @@ class PackWriter:
         self._file.write(data)
         self._hash.update(data)
 
-    def _write(self, data) -> None:
+    def _write(self, data, flush: bool = False) -> None:
         self.size += len(data)
         try:
             if self._lane is None:
                 self._append(data)
                 return
-            self._queued.append(self._lane.submit(self._append, data))
+            self._batch.append(data)
+            self._batched += len(data)
+            if self._batched < self.BATCH and not flush:
+                return
+            batch, self._batch, self._batched = b"".join(self._batch), [], 0
+            self._queued.append(self._lane.submit(self._append, batch))
             while len(self._queued) > self.LANE_DEPTH:
                 self._queued.popleft().result()
         except OSError as exc:
@@ -92,7 +100,7 @@ class PackWriter:
         """Write the index, publish the pack; return (name, size)."""
         index = b"".join(ENTRY.pack(e.blob_id, e.type, e.offset, e.length, e.raw_length) for e in self.entries)
         self._write(index)
-        self._write(FOOTER.pack(len(self.entries), INDEX_MAGIC))
+        self._write(FOOTER.pack(len(self.entries), INDEX_MAGIC), flush=True)
         self._drain()
         try:
             self._file.close()
