@@ -18,7 +18,8 @@ from ironfs.format.content import ContentHasher
 
 logger = logging.getLogger(__name__)
 
-PREFETCH = 16           # blobs of one large file fetched ahead
+PREFETCH = 16           # blobs of a large file read as one group
+GROUPS_AHEAD = 3
 SMALL_FILE = 4 << 20    # files up to this size are restored whole by a worker thread
 FILES_IN_FLIGHT = 8     # jobs queued at once
 FILE_BATCH = 16         # small files per job (up to 4 MiB of data): fewer hand-offs between threads
@@ -145,8 +146,7 @@ class Restore:
             nonlocal batch, batch_bytes
             if batch:
                 files, batch, batch_bytes = batch, [], 0
-                pending.append(self.file_pool.submit(
-                    lambda: [self._small_file_job(dir_fd, e, r, fresh) for e, r in files]))
+                pending.append(self.file_pool.submit(self._small_files_job, dir_fd, files, fresh))
                 while len(pending) > FILES_IN_FLIGHT:
                     self._collect(pending.popleft())
         try:
@@ -164,10 +164,24 @@ class Restore:
             while pending:
                 self._collect(pending.popleft())
 
-    def _small_file_job(self, dir_fd: int, entry, rel: bytes, fresh: bool):
-        """Worker thread: one whole small file with its metadata; reports by return value."""
+    def _small_files_job(self, dir_fd: int, files: list, fresh: bool) -> list:
+        """Worker thread: a batch of small files of one folder, their blobs read
+        together; reports by return value."""
+        catalog = self.volume.catalog()
+        contents = {e.content: catalog.content(e.content) for e, _ in files if e.content}
+        blobs = self.volume.read_blobs({b for c in contents.values() if c for b, _, _ in c["ext"] if b})
+
+        def fetch_all(extents):
+            for blob, _, _ in extents:
+                data = None if blob is None else blobs[blob]
+                if isinstance(data, Exception):
+                    raise data
+                yield data
+        return [self._small_file_job(dir_fd, e, r, fresh, fetch_all, contents.get(e.content)) for e, r in files]
+
+    def _small_file_job(self, dir_fd: int, entry, rel: bytes, fresh: bool, fetch_all, content):
         try:
-            error = self._restore_file(dir_fd, entry, self._fetched_in_turn, fresh)
+            error = self._restore_file(dir_fd, entry, fetch_all, fresh, content)
             if error:
                 return rel, error, 0, []
             return rel, None, entry.size, apply_metadata(dir_fd, entry.name, entry, self.is_root)
@@ -233,11 +247,12 @@ class Restore:
         except IsADirectoryError:
             raise OSError(errno.EISDIR, "a folder is in the way") from None
 
-    def _restore_file(self, parent_fd: int, entry, fetch_all, fresh: bool) -> str | None:
+    def _restore_file(self, parent_fd: int, entry, fetch_all, fresh: bool, content=None) -> str | None:
         """Write one file; on failure remove it and return why (never leave it short)."""
         if not fresh:
             self._remove_existing(parent_fd, entry.name)
-        content = self.volume.catalog().content(entry.content) if entry.content else None
+        if content is None and entry.content:
+            content = self.volume.catalog().content(entry.content)
         if entry.content and content is None:
             return "its content is missing from the catalog"
         fd = os.open(entry.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=parent_fd)
@@ -254,33 +269,37 @@ class Restore:
                 os.unlink(entry.name, dir_fd=parent_fd)
         return None
 
-    def _fetched_in_turn(self, extents):
-        for blob, _, _ in extents:
-            yield None if blob is None else self.volume.read_blob(blob)
-
     def _prefetched(self, extents):
-        """Blob data for each extent in order, fetched ahead by the pool (main thread)."""
-        futures = {}
-        ahead = 0
+        """Blob data for each extent in order (main thread). The pool reads the
+        blobs ahead in groups, in the order the file first uses them."""
+        order, seen = [], set()
+        for blob, _, _ in extents:
+            if blob is not None and blob not in seen:
+                seen.add(blob)
+                order.append(blob)
+        groups = deque(order[i:i + PREFETCH] for i in range(0, len(order), PREFETCH))
+        futures = deque()
+        failed = {}
 
-        def schedule(i):
-            while i < len(extents) and len(futures) < PREFETCH:
-                blob = extents[i][0]
-                if blob is not None and blob not in futures and self.cache.get(blob) is None:
-                    futures[blob] = self.pool.submit(self.volume.read_blob, blob)
-                i += 1
-            return i
+        def fill():
+            while groups and len(futures) < GROUPS_AHEAD:
+                futures.append(self.pool.submit(self.volume.read_blobs, groups.popleft()))
 
-        for i, (blob, _, _) in enumerate(extents):
-            ahead = schedule(max(ahead, i))
+        fill()
+        for blob, _, _ in extents:
             if blob is None:
                 yield None
                 continue
-            data = self.cache.get(blob)
-            if data is None:
-                fut = futures.pop(blob, None) or self.pool.submit(self.volume.read_blob, blob)
-                data = fut.result()
-                self.cache.put(blob, data)
+            while (data := self.cache.get(blob)) is None and blob not in failed:
+                got = futures.popleft().result() if futures else self.volume.read_blobs([blob])
+                for blob_id, value in got.items():
+                    if isinstance(value, Exception):
+                        failed[blob_id] = value
+                    else:
+                        self.cache.put(blob_id, value)
+                fill()
+            if blob in failed:
+                raise failed[blob]
             yield data
 
 

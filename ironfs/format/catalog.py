@@ -314,6 +314,17 @@ class Catalog:
         return self.db.execute("SELECT pack, offset, length, raw_length FROM blobs WHERE id=? AND damaged=0",
                                (blob_id,)).fetchone()
 
+    def blob_locations(self, blob_ids) -> dict:
+        """blob id -> (pack, offset, length, raw_length) for the sound ones among blob_ids."""
+        ids = list(blob_ids)
+        out = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            for row in self.db.execute("SELECT id, pack, offset, length, raw_length FROM blobs WHERE damaged=0 "
+                                       f"AND id IN ({','.join('?' * len(part))})", part):
+                out[row[0]] = row[1:]
+        return out
+
     def has_blob(self, blob_id: bytes) -> bool:
         return self.db.execute("SELECT 1 FROM blobs WHERE id=? AND damaged=0", (blob_id,)).fetchone() is not None
 

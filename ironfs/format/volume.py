@@ -21,7 +21,8 @@ import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
-from ironfs.errors import CorruptData, DiskFull, MissingData, VolumeBusy, VolumeFormatError, WrongSecret
+from ironfs.errors import (CorruptData, DiskFull, IroncoreError, MissingData, VolumeBusy, VolumeFormatError,
+                           WrongSecret)
 from ironfs.format import crypto, log as commitlog, pack as packfmt
 from ironfs.format.blobfilter import BlobFilter
 from ironfs.format.catalog import Catalog, remove_catalog_files
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 FORMAT = 1
 MAX_BLOB = 128 * 1024           # the seed's transfer block (FAQ 2.13)
 PACK_TARGET = 16 * 1024 * 1024  # big enough for few files, small enough to lose little on a crash
+SPAN_GAP = 256 * 1024           # read_blobs reads across gaps this small rather than seek
+SPAN_MAX = 4 * 1024 * 1024      # and at most this much at once
 
 
 def is_volume(path: str) -> bool:
@@ -255,6 +258,43 @@ class Volume:
             return self.sealer.open(blob_id, self.read_sealed(pack, offset, length), raw_length)
         except CorruptData as exc:
             raise CorruptData(f"{exc.message} (pack {pack})") from None
+
+    def read_blobs(self, blob_ids) -> dict:
+        """Plaintexts of several blobs: blob id -> bytes, or the IroncoreError that
+        blob met (one bad blob fails only what uses it). Blobs that lie close
+        together in a pack are read with one pread."""
+        self.require_key()
+        wanted = set(blob_ids)
+        locations = self.catalog().blob_locations(wanted)
+        out = {b: MissingData(f"Blob {b.hex()} is not in any sound pack.") for b in wanted - locations.keys()}
+        by_pack: dict[str, list] = {}
+        for blob_id, (pack, offset, length, raw_length) in locations.items():
+            by_pack.setdefault(pack, []).append((offset, length, raw_length, blob_id))
+        for pack, items in by_pack.items():
+            items.sort()
+            span = []
+            for item in items + [None]:
+                if span and (item is None or item[0] - (span[-1][0] + span[-1][1]) > SPAN_GAP
+                             or item[0] + item[1] - span[0][0] > SPAN_MAX):
+                    self._open_span(pack, span, out)
+                    span = []
+                if item is not None:
+                    span.append(item)
+        return out
+
+    def _open_span(self, pack: str, span: list, out: dict) -> None:
+        start = span[0][0]
+        try:
+            data = memoryview(self.read_sealed(pack, start, span[-1][0] + span[-1][1] - start))
+        except IroncoreError as exc:
+            for item in span:
+                out[item[3]] = exc
+            return
+        for offset, length, raw_length, blob_id in span:
+            try:
+                out[blob_id] = self.sealer.open(blob_id, data[offset - start:offset - start + length], raw_length)
+            except CorruptData as exc:
+                out[blob_id] = CorruptData(f"{exc.message} (pack {pack})")
 
     def close(self) -> None:
         with self._fd_lock:
