@@ -168,7 +168,7 @@ class Restore:
         """Worker thread: a batch of small files of one folder, their blobs read
         together; reports by return value."""
         catalog = self.volume.catalog()
-        contents = {e.content: catalog.content(e.content) for e, _ in files if e.content}
+        contents = catalog.contents({e.content for e, _ in files if e.content})
         blobs = self.volume.read_blobs({b for c in contents.values() if c for b, _, _ in c["ext"] if b})
 
         def fetch_all(extents):

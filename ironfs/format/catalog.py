@@ -286,6 +286,19 @@ class Catalog:
         return {"id": cid, "size": row[0], "ext": msgpack.unpackb(row[1]), "sig": msgpack.unpackb(row[2]) if row[2] else [],
                 "bs": row[3]}
 
+    def contents(self, cids) -> dict:
+        """content id -> content, as `content()` gives it, for many at once."""
+        ids = list(cids)
+        out = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            for cid, size, ext, sig, bs in self.db.execute(
+                    "SELECT id, size, extents, sig, block_size FROM contents "
+                    f"WHERE id IN ({','.join('?' * len(part))})", part):
+                out[cid] = {"id": cid, "size": size, "ext": msgpack.unpackb(ext),
+                            "sig": msgpack.unpackb(sig) if sig else [], "bs": bs}
+        return out
+
     def has_content(self, cid: bytes) -> bool:
         return self.db.execute("SELECT 1 FROM contents WHERE id=?", (cid,)).fetchone() is not None
 
