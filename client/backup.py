@@ -376,23 +376,38 @@ class Backup:
         if not self._small:
             return
         batch, self._small = self._small, []
-        self._push(self.pool.submit(lambda: [self._small_job(b[0]) for b in batch]),
+        self._push(self.pool.submit(self._small_jobs, [b[0] for b in batch]),
                    lambda results: [self._small_done(r, *b) for r, b in zip(results, batch)])
 
-    def _small_job(self, abspath: bytes):
-        """Worker thread: read, name and seal a file of at most one blob. Returns
-        (data length, seal result or None), or the OSError met."""
-        try:
-            fd = open_for_reading(abspath)
+    def _small_jobs(self, paths: list) -> list:
+        """Worker thread: read, name and seal files of at most one blob each. All are
+        opened and announced to the kernel first, so their reads go to the disk
+        together. Per file: (data length, seal result or None), or the OSError met."""
+        opened = []
+        for path in paths:
+            try:
+                fd = open_for_reading(path)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                opened.append(fd)
+            except OSError as exc:
+                opened.append(exc)
+        results = []
+        for fd in opened:
+            if isinstance(fd, OSError):
+                results.append(fd)
+                continue
             try:
                 data = os.pread(fd, self.max_blob + 1, 0)
+            except OSError as exc:
+                results.append(exc)
+                continue
             finally:
                 os.close(fd)
-        except OSError as exc:
-            return exc
-        if len(data) > self.max_blob:
-            return OSError(errno.EFBIG, "it grew while being read; its last version is kept")
-        return len(data), (self._seal_job(data, BLOB_DATA) if data else None)
+            if len(data) > self.max_blob:
+                results.append(OSError(errno.EFBIG, "it grew while being read; its last version is kept"))
+            else:
+                results.append((len(data), self._seal_job(data, BLOB_DATA) if data else None))
+        return results
 
     def _small_done(self, result, abspath: bytes, rel: bytes, st, rec: dict, old) -> None:
         if isinstance(result, FileNotFoundError):
