@@ -248,11 +248,8 @@ class Backup:
             if kind is None:
                 return  # sockets and the like are not backed up
             rec = version_record(abspath, rel, st, kind)
-        except FileNotFoundError:
-            self._error(abspath, "has been removed already")
-            return
         except OSError as exc:
-            self._keep_old(rel, abspath, exc)
+            self._unreadable(abspath, exc)
             return
         if kind == "f":
             self._file(abspath, rel, st, rec)
@@ -267,20 +264,21 @@ class Backup:
         if self.progress:
             self.progress.entry(st.st_size if kind == "f" else 0)
 
-    def _keep_old(self, rel: bytes, abspath: bytes, exc: OSError) -> None:
-        """An unreadable entry keeps its previous version (and subtree) in the snapshot."""
+    def _unreadable(self, abspath: bytes, exc: OSError) -> None:
+        """A path that vanished is reported and left out; one that cannot be read is
+        reported and keeps its previous version (and subtree) in the snapshot."""
+        if isinstance(exc, FileNotFoundError):
+            self._error(abspath, "has been removed already")
+            return
         self._error(abspath, f"cannot be read: {exc.strerror or exc}")
-        self.cache.keep(rel, self.run_id)
+        self.cache.keep(abspath.lstrip(b"/"), self.run_id)
 
     def _walk_dir(self, abspath: bytes) -> None:
         try:
             with os.scandir(abspath) as it:
                 entries = sorted(it, key=lambda e: e.name)
-        except FileNotFoundError:
-            self._error(abspath, "has been removed already")
-            return
         except OSError as exc:
-            self._keep_old(abspath.lstrip(b"/"), abspath, exc)
+            self._unreadable(abspath, exc)
             return
         for e in entries:
             path = e.path
@@ -335,11 +333,8 @@ class Backup:
             return
         try:
             fd = open_for_reading(abspath)
-        except FileNotFoundError:
-            self._error(abspath, "has been removed already")
-            return
         except OSError as exc:
-            self._keep_old(rel, abspath, exc)
+            self._unreadable(abspath, exc)
             return
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
@@ -354,7 +349,7 @@ class Backup:
         except DiskFull:
             raise
         except OSError as exc:
-            self._keep_old(rel, abspath, exc)
+            self._unreadable(abspath, exc)
             return
         finally:
             os.close(fd)
@@ -410,11 +405,8 @@ class Backup:
         return results
 
     def _small_done(self, result, abspath: bytes, rel: bytes, st, rec: dict, old) -> None:
-        if isinstance(result, FileNotFoundError):
-            self._error(abspath, "has been removed already")
-            return
         if isinstance(result, OSError):
-            self._keep_old(rel, abspath, result)
+            self._unreadable(abspath, result)
             return
         size, sealed = result
         self.report["bytes_read"] += size
