@@ -1,0 +1,111 @@
+"""Accounts of a data root: names, argon2id password hashes, quotas, the admin
+flag. SQLite in WAL mode, one connection per thread (cheroot serves from many).
+
+An account removed with `remove` stops at once (it can no longer log in) but
+its volumes stay on disk until `ironfs gc`, so a mistaken removal is not yet a
+loss."""
+import re
+import sqlite3
+import time
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from ironfs.errors import IroncoreError, NotFound, UsageError
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts(
+    name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, quota INTEGER, admin INTEGER NOT NULL DEFAULT 0,
+    created_ns INTEGER NOT NULL, removed_ns INTEGER);
+"""
+
+
+class AccountExists(IroncoreError):
+    pass
+
+
+class AuthFailed(IroncoreError):
+    """Wrong name or password; deliberately does not say which."""
+
+    exit_code = 3
+
+
+def check_account_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise UsageError(f"{name!r} is not a valid account name.",
+                         "Use lower-case letters, digits, '.', '_' and '-' (at most 64), starting with a letter or digit.")
+    return name
+
+
+class AccountStore:
+    def __init__(self, path: str):
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.executescript(SCHEMA)
+        self._hasher = PasswordHasher()   # argon2id with the library's current defaults
+
+    def close(self) -> None:
+        self.db.close()
+
+    def add(self, name: str, password: str, quota: int | None, admin: bool = False) -> None:
+        check_account_name(name)
+        if not password:
+            raise UsageError("An empty password is not allowed.")
+        try:
+            self.db.execute("INSERT INTO accounts(name, password_hash, quota, admin, created_ns) VALUES(?,?,?,?,?)",
+                            (name, self._hasher.hash(password), quota, int(admin), time.time_ns()))
+        except sqlite3.IntegrityError:
+            removed = self.db.execute("SELECT removed_ns FROM accounts WHERE name=?", (name,)).fetchone()[0]
+            if removed is not None:
+                raise AccountExists(f"The account {name!r} was removed and its data is kept until 'ironfs gc'.",
+                                    "Pick another name, or run 'ironfs gc' first.") from None
+            raise AccountExists(f"An account named {name!r} exists already.",
+                                "Pick another name, or change that account with 'ironfs account passwd/quota'.") from None
+
+    def _row(self, name: str):
+        row = self.db.execute("SELECT name, password_hash, quota, admin, created_ns FROM accounts "
+                              "WHERE name=? AND removed_ns IS NULL", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"There is no account named {name!r}.", "List them with 'ironfs account list'.")
+        return row
+
+    def get(self, name: str) -> dict:
+        name, _, quota, admin, created = self._row(name)
+        return {"name": name, "quota": quota, "admin": bool(admin), "created_ns": created}
+
+    def list(self) -> list[dict]:
+        return [{"name": n, "quota": q, "admin": bool(a), "created_ns": c} for n, q, a, c in self.db.execute(
+            "SELECT name, quota, admin, created_ns FROM accounts WHERE removed_ns IS NULL ORDER BY name")]
+
+    def authenticate(self, name: str, password: str) -> dict:
+        """The account if the password is right; AuthFailed otherwise (same message
+        for an unknown name, so names cannot be probed)."""
+        try:
+            row = self._row(name)
+        except NotFound:
+            row = None
+        try:
+            if row is None:
+                raise VerificationError()
+            self._hasher.verify(row[1], password)
+        except (VerificationError, InvalidHashError):
+            raise AuthFailed("Wrong account name or password.", "Check both and try again.") from None
+        if self._hasher.check_needs_rehash(row[1]):
+            self.db.execute("UPDATE accounts SET password_hash=? WHERE name=?", (self._hasher.hash(password), name))
+        return self.get(name)
+
+    def set_password(self, name: str, password: str) -> None:
+        self._row(name)
+        if not password:
+            raise UsageError("An empty password is not allowed.")
+        self.db.execute("UPDATE accounts SET password_hash=? WHERE name=?", (self._hasher.hash(password), name))
+
+    def set_quota(self, name: str, quota: int | None) -> None:
+        self._row(name)
+        self.db.execute("UPDATE accounts SET quota=? WHERE name=?", (quota, name))
+
+    def remove(self, name: str) -> None:
+        self._row(name)
+        self.db.execute("UPDATE accounts SET removed_ns=? WHERE name=?", (time.time_ns(), name))
