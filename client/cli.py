@@ -152,5 +152,20 @@ def restore(name, snapshot, path, target, as_json, password_stdin):
         sys.exit(1)
 
 
+@cli.command()
+@click.option("--server", "url", required=True, help="The server, https://HOST:PORT.")
+@click.option("--account", required=True, help="Your account name on that server.")
+@click.option("--fingerprint", default=None, help="The SHA-256 fingerprint the administrator gave you.")
+@password_stdin
+def login(url, account, fingerprint, password_stdin):
+    """Log this machine in to a server, pinning its certificate."""
+    from client import remote
+    password = config.read_secret(password_stdin).decode()
+    state = remote.login(url, account, password, fingerprint)
+    if state["fingerprint"] and not fingerprint:
+        click.echo(f"Trusting the server's certificate {state['fingerprint']} from now on.")
+    click.echo(f"This machine is logged in to {state['url']} as {account}.")
+
+
 def main():
     run_cli(cli)

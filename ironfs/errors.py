@@ -52,3 +52,9 @@ class DiskFull(IroncoreError):
 
 class NotFound(IroncoreError):
     """A named set, snapshot or path does not exist."""
+
+
+class Forbidden(IroncoreError):
+    """Authenticated, but this account may not do that."""
+
+    exit_code = 3

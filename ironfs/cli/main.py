@@ -172,5 +172,16 @@ def account_remove(name, data_root, yes):
     root.close()
 
 
+@cli.command()
+@data_root_option
+@click.option("--listen", default="0.0.0.0:8443", show_default=True, help="HOST:PORT to serve on (port 0: any free).")
+@click.option("--plain-http", is_flag=True, help="Serve without TLS (loopback addresses only).")
+def serve(data_root, listen, plain_http):
+    """Serve the sync API over TLS until SIGTERM."""
+    from ironfs.server.serve import serve as run_server
+    root = DataRoot(data_root)
+    run_server(root, listen, plain_http, announce=lambda line: click.echo(line, nl=True) or sys.stdout.flush())
+
+
 def main():
     run_cli(cli)

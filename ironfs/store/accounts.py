@@ -4,7 +4,10 @@ flag. SQLite in WAL mode, one connection per thread (cheroot serves from many).
 An account removed with `remove` stops at once (it can no longer log in) but
 its volumes stay on disk until `ironfs gc`, so a mistaken removal is not yet a
 loss."""
+import hashlib
+import hmac
 import re
+import secrets
 import sqlite3
 import time
 
@@ -19,7 +22,11 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts(
     name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, quota INTEGER, admin INTEGER NOT NULL DEFAULT 0,
     created_ns INTEGER NOT NULL, removed_ns INTEGER);
+CREATE TABLE IF NOT EXISTS tokens(
+    id TEXT PRIMARY KEY, account TEXT NOT NULL, secret_hash BLOB NOT NULL, host TEXT, role TEXT NOT NULL,
+    created_ns INTEGER NOT NULL, last_used_ns INTEGER, revoked_ns INTEGER);
 """
+TOKEN_PREFIX = "ic1"
 
 
 class AccountExists(IroncoreError):
@@ -108,4 +115,31 @@ class AccountStore:
 
     def remove(self, name: str) -> None:
         self._row(name)
-        self.db.execute("UPDATE accounts SET removed_ns=? WHERE name=?", (time.time_ns(), name))
+        now = time.time_ns()
+        self.db.execute("UPDATE accounts SET removed_ns=? WHERE name=?", (now, name))
+        self.db.execute("UPDATE tokens SET revoked_ns=? WHERE account=? AND revoked_ns IS NULL", (now, name))
+
+    # --- client tokens: what a logged-in machine keeps instead of the password ---------
+    def issue_token(self, name: str, host: str, role: str = "client") -> str:
+        """A new random token for `name`; only its SHA-256 is stored (it is 256 random
+        bits, so a fast hash is enough). Role "client" can back up and restore, never
+        delete history."""
+        self._row(name)
+        token_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+        self.db.execute("INSERT INTO tokens(id, account, secret_hash, host, role, created_ns) VALUES(?,?,?,?,?,?)",
+                        (token_id, name, hashlib.sha256(secret.encode()).digest(), host, role, time.time_ns()))
+        return f"{TOKEN_PREFIX}_{token_id}_{secret}"
+
+    def authenticate_token(self, token: str) -> dict:
+        parts = token.split("_", 2)
+        row = None
+        if len(parts) == 3 and parts[0] == TOKEN_PREFIX:
+            row = self.db.execute("SELECT account, secret_hash, role FROM tokens WHERE id=? AND revoked_ns IS NULL",
+                                  (parts[1],)).fetchone()
+        if row is None or not hmac.compare_digest(row[1], hashlib.sha256(parts[2].encode()).digest()):
+            raise AuthFailed("This machine's login is not valid (revoked or unknown).",
+                             "Log in again with 'ironcore login'.")
+        self.db.execute("UPDATE tokens SET last_used_ns=? WHERE id=?", (time.time_ns(), parts[1]))
+        account = self.get(row[0])
+        account["role"] = row[2]
+        return account

@@ -12,6 +12,7 @@ import datetime
 import json
 import os
 import socket
+import threading
 import time
 
 from cryptography import x509
@@ -63,7 +64,7 @@ class DataRoot:
         if self.settings.get("format") != FORMAT:
             raise VolumeFormatError(f"{self.path} has data root format {self.settings.get('format')!r}; "
                                     f"this program reads format {FORMAT}.")
-        self._accounts = None
+        self._local = threading.local()
 
     @classmethod
     def init(cls, path: str, admin_name: str, admin_password: str) -> "DataRoot":
@@ -99,14 +100,17 @@ class DataRoot:
 
     @property
     def accounts(self) -> AccountStore:
-        if self._accounts is None:
-            self._accounts = AccountStore(os.path.join(self.path, "accounts.db"))
-        return self._accounts
+        """This thread's account store (SQLite connections are not shared between threads)."""
+        store = getattr(self._local, "accounts", None)
+        if store is None:
+            store = self._local.accounts = AccountStore(os.path.join(self.path, "accounts.db"))
+        return store
 
     def account_dir(self, name: str) -> str:
         return os.path.join(self.path, "accounts", name)
 
     def close(self) -> None:
-        if self._accounts is not None:
-            self._accounts.close()
-            self._accounts = None
+        store = getattr(self._local, "accounts", None)
+        if store is not None:
+            store.close()
+            self._local.accounts = None

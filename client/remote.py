@@ -1,0 +1,160 @@
+"""The client's link to a server: the pinned certificate, the machine token,
+and an HTTPS client that trusts exactly that certificate.
+
+Pinning: on first login the server's certificate is fetched and its SHA-256
+shown (or checked against --fingerprint); afterwards TLS accepts only that
+certificate, so a changed one is refused with its new fingerprint in the
+message rather than silently trusted."""
+import hashlib
+import json
+import os
+import socket
+import ssl
+from urllib.parse import urlparse
+
+import httpx
+
+from client import config
+from ironfs.errors import IroncoreError, UsageError
+from ironfs.format.fsutil import write_atomic
+
+TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+
+
+class CertificateChanged(IroncoreError):
+    exit_code = 6
+
+
+class ServerError(IroncoreError):
+    """The server answered with an error; its message and hint are passed on."""
+
+
+def split_url(url: str) -> tuple[str, str, int]:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("https", "http") or not parsed.hostname:
+        raise UsageError(f"{url!r} is not a server URL.", "Use https://HOST:PORT.")
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    if parsed.scheme == "http" and parsed.hostname not in ("localhost", "127.0.0.1", "::1"):
+        raise UsageError("Plain http is only allowed to this machine (loopback).", "Use https://.")
+    return parsed.scheme, parsed.hostname, port
+
+
+def fetch_certificate(host: str, port: int) -> str:
+    try:
+        return ssl.get_server_certificate((host, port), timeout=10)
+    except (OSError, ssl.SSLError) as exc:
+        raise IroncoreError(f"Cannot reach {host}:{port}: {exc}.",
+                            "Check the address and that 'ironfs serve' runs there.") from None
+
+
+def fingerprint(cert_pem: str) -> str:
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert_pem)).hexdigest()
+
+
+def pinned_context(cert_pem: str) -> ssl.SSLContext:
+    """Trust this one certificate and nothing else (host names are not checked:
+    the pin is stronger than a name)."""
+    ctx = ssl.create_default_context(cadata=cert_pem)
+    ctx.check_hostname = False
+    return ctx
+
+
+def state_path() -> str:
+    return os.path.join(config.home(), "server.json")
+
+
+def load_state() -> dict:
+    try:
+        with open(state_path()) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UsageError("This machine is not logged in to a server.",
+                         "Run 'ironcore login --server URL --account NAME'.") from None
+
+
+def save_state(state: dict) -> None:
+    path = state_path()
+    write_atomic(path, json.dumps(state, indent=1).encode())
+    os.chmod(path, 0o600)   # holds the machine token
+
+
+def raise_for(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": response.text[:200] or response.reason_phrase}
+    error = ServerError(body.get("error") or f"HTTP {response.status_code}", body.get("hint"))
+    if response.status_code in (401, 403):
+        error.exit_code = 3
+    raise error
+
+
+class ServerClient:
+    """HTTPS to one server with the pinned certificate."""
+
+    def __init__(self, url: str, cert_pem: str | None, auth=None, token: str | None = None):
+        self.url = url.rstrip("/")
+        scheme, self.host, self.port = split_url(url)
+        self.cert_pem = cert_pem
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        verify = pinned_context(cert_pem) if scheme == "https" else False
+        self.http = httpx.Client(base_url=self.url, verify=verify, auth=auth, headers=headers, timeout=TIMEOUT)
+
+    def request(self, method: str, path: str, **kw) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kw)
+        except httpx.ConnectError as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc) and self.cert_pem:
+                now = fingerprint(fetch_certificate(self.host, self.port))
+                raise CertificateChanged(
+                    f"The server's certificate changed: pinned {fingerprint(self.cert_pem)}, now {now}.",
+                    "If the administrator confirms the new fingerprint, log in again with "
+                    f"'ironcore login --server {self.url} --account NAME --fingerprint {now}'. "
+                    "Otherwise someone may be between you and the server.") from None
+            raise IroncoreError(f"Cannot reach {self.url}: {exc}.", "Check the network and the server.") from None
+        except httpx.TransportError as exc:
+            raise IroncoreError(f"Connection to {self.url} failed: {exc}.", "Try again.") from None
+        raise_for(response)
+        return response
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def login(url: str, account: str, password: str, expected_fingerprint: str | None) -> dict:
+    """Pin the server's certificate, trade the password for a machine token, save both."""
+    scheme, host, port = split_url(url)
+    cert = fingerprint_now = None
+    if scheme == "https":
+        cert = fetch_certificate(host, port)
+        fingerprint_now = fingerprint(cert)
+        wanted = (expected_fingerprint or "").lower().replace(":", "")
+        if wanted and wanted != fingerprint_now:
+            raise CertificateChanged(f"The server presents certificate {fingerprint_now}, not {wanted}.",
+                                     "Do not log in; ask the administrator for the fingerprint "
+                                     "'ironfs init' printed.")
+        try:
+            previous = load_state()
+        except UsageError:
+            previous = None
+        if not wanted and previous and previous.get("url") == url.rstrip("/") \
+                and previous.get("fingerprint") != fingerprint_now:
+            raise CertificateChanged(
+                f"The server's certificate changed: pinned {previous['fingerprint']}, now {fingerprint_now}.",
+                f"If the administrator confirms it, log in with --fingerprint {fingerprint_now}.")
+    client = ServerClient(url, cert, auth=(account, password))
+    try:
+        token = client.request("POST", "/api/v1/tokens", json={"host": socket.gethostname()}).json()["token"]
+    finally:
+        client.close()
+    state = {"url": url.rstrip("/"), "account": account, "fingerprint": fingerprint_now, "cert_pem": cert,
+             "token": token}
+    save_state(state)
+    return state
+
+
+def connect() -> ServerClient:
+    state = load_state()
+    return ServerClient(state["url"], state["cert_pem"], token=state["token"])

@@ -1,0 +1,121 @@
+"""The `/api/v1` JSON API and `/metrics`, as one Werkzeug WSGI application.
+
+Every error leaves as JSON {"error": message, "hint": next step} with a status
+that says what kind it is; nothing in a response or a log carries a secret."""
+import json
+import logging
+import threading
+from collections import Counter
+
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as RouteNotFound
+from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Request, Response
+
+from ironfs.errors import Forbidden, IroncoreError, NotFound, UsageError
+from ironfs.server.auth import Authenticator, TooManyFailures
+from ironfs.store.accounts import AuthFailed
+
+logger = logging.getLogger(__name__)
+
+MAX_JSON_BODY = 1 << 20
+
+
+def json_response(data, status: int = 200, headers=None) -> Response:
+    return Response(json.dumps(data), status=status, mimetype="application/json", headers=headers)
+
+
+class Metrics:
+    """Counters for /metrics (Prometheus text format)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.requests = Counter()
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def record(self, endpoint: str, status: int, bytes_in: int, bytes_out: int) -> None:
+        with self._lock:
+            self.requests[(endpoint, status)] += 1
+            self.bytes_in += bytes_in
+            self.bytes_out += bytes_out
+
+    def text(self) -> str:
+        with self._lock:
+            lines = ["# TYPE ironfs_requests_total counter"]
+            for (endpoint, status), n in sorted(self.requests.items()):
+                lines.append(f'ironfs_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}')
+            lines += ["# TYPE ironfs_bytes_in_total counter", f"ironfs_bytes_in_total {self.bytes_in}",
+                      "# TYPE ironfs_bytes_out_total counter", f"ironfs_bytes_out_total {self.bytes_out}"]
+        return "\n".join(lines) + "\n"
+
+
+class ApiApp:
+    def __init__(self, root, authenticator: Authenticator | None = None):
+        self.root = root
+        self.auth = authenticator or Authenticator(root)
+        self.metrics = Metrics()
+        self.url_map = Map([
+            Rule("/api/v1/whoami", endpoint="whoami", methods=["GET"]),
+            Rule("/api/v1/tokens", endpoint="new_token", methods=["POST"]),
+            Rule("/metrics", endpoint="metrics", methods=["GET"]),
+        ])
+
+    def __call__(self, environ, start_response):
+        request = Request(environ)
+        endpoint = "unknown"
+        try:
+            endpoint, args = self.url_map.bind_to_environ(environ).match()
+            response = getattr(self, "on_" + endpoint)(request, **args)
+        except TooManyFailures as exc:
+            response = json_response({"error": exc.message, "hint": exc.hint}, 429,
+                                     {"Retry-After": str(exc.retry_after)})
+        except AuthFailed as exc:
+            response = json_response({"error": exc.message, "hint": exc.hint}, 401,
+                                     {"WWW-Authenticate": 'Basic realm="ironcore"'})
+        except Forbidden as exc:
+            response = json_response({"error": exc.message, "hint": exc.hint}, 403)
+        except NotFound as exc:
+            response = json_response({"error": exc.message, "hint": exc.hint}, 404)
+        except UsageError as exc:
+            response = json_response({"error": exc.message, "hint": exc.hint}, 400)
+        except IroncoreError as exc:
+            response = json_response({"error": exc.message, "hint": exc.hint}, 409)
+        except (RouteNotFound, MethodNotAllowed) as exc:
+            response = json_response({"error": exc.description}, exc.code)
+        except HTTPException as exc:
+            response = json_response({"error": exc.description}, exc.code)
+        self.metrics.record(endpoint, response.status_code, request.content_length or 0,
+                            response.content_length or 0)
+        return response(environ, start_response)
+
+    def _json_body(self, request: Request) -> dict:
+        if (request.content_length or 0) > MAX_JSON_BODY:
+            raise UsageError("The request body is too large.")
+        try:
+            data = json.loads(request.get_data(cache=False) or b"{}")
+        except ValueError:
+            raise UsageError("The request body is not JSON.") from None
+        if not isinstance(data, dict):
+            raise UsageError("The request body must be a JSON object.")
+        return data
+
+    def on_whoami(self, request: Request) -> Response:
+        account = self.auth(request.environ)
+        return json_response({"account": account["name"], "admin": account["admin"], "role": account["role"],
+                              "quota": account["quota"]})
+
+    def on_new_token(self, request: Request) -> Response:
+        """A machine logs in: password in, token out (the password is not kept)."""
+        account = self.auth(request.environ)
+        if account["role"] != "owner":
+            raise Forbidden("A new machine login needs the account password.")
+        host = str(self._json_body(request).get("host", ""))[:255]
+        token = self.root.accounts.issue_token(account["name"], host)
+        logger.info("new machine login for account %s from host %s", account["name"], host)
+        return json_response({"token": token, "account": account["name"]}, 201)
+
+    def on_metrics(self, request: Request) -> Response:
+        account = self.auth(request.environ)
+        if not account["admin"]:
+            raise Forbidden("Metrics are for the admin.")
+        return Response(self.metrics.text(), mimetype="text/plain; version=0.0.4")

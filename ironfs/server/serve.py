@@ -1,0 +1,60 @@
+"""`ironfs serve`: the WSGI application on cheroot, over TLS with the data
+root's certificate. Plain HTTP only on loopback. SIGTERM and SIGINT stop it
+gracefully: cheroot finishes the requests in progress before it returns."""
+import ipaddress
+import logging
+import signal
+import threading
+
+from cheroot import wsgi
+from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+from ironfs.errors import UsageError
+from ironfs.server.app import ApiApp
+
+logger = logging.getLogger(__name__)
+
+WORKERS = 32            # slow clients hold a worker each; enough that they cannot starve the rest
+SOCKET_TIMEOUT = 30     # seconds a client may stay silent mid-request
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(f"--listen {listen!r} is not HOST:PORT.", "For example 0.0.0.0:8443 or 127.0.0.1:0.")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(root, listen: str, plain_http: bool = False, announce=print) -> None:
+    host, port = parse_listen(listen)
+    if plain_http and not is_loopback(host):
+        raise UsageError("--plain-http is only allowed on a loopback address.",
+                         "Passwords and data would cross the network in the clear; serve TLS instead.")
+    server = wsgi.Server((host, port), ApiApp(root), numthreads=WORKERS, timeout=SOCKET_TIMEOUT,
+                         server_name="ironcore")
+    if not plain_http:
+        server.ssl_adapter = BuiltinSSLAdapter(root.cert_path, root.key_path)
+    server.prepare()
+    bound_host, bound_port = server.bind_addr[:2]
+    scheme = "http" if plain_http else "https"
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    announce(f"listening on {scheme}://{shown}:{bound_port}")
+
+    def stop(signum, frame):
+        logger.info("signal %s: stopping after the requests in progress", signum)
+        threading.Thread(target=server.stop, daemon=True).start()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        server.serve()
+    finally:
+        server.stop()
