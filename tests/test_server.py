@@ -142,11 +142,14 @@ def test_plain_http_only_on_loopback(env, tmp_path):
         assert srv.stop() == 0
 
 
-def test_no_secret_in_the_server_output(env, server):
+def test_requests_are_logged_under_the_data_root_without_secrets(env, server):
     login(env, server.url)
     login(env, server.url, password="wrong", check=False)
     token = json.loads((env.home / "server.json").read_text())["token"]
     assert server.stop() == 0
-    printed = server.output()
+    log = (server.root / "logs" / "ironfs.log").read_bytes()
+    assert b"event=request method=POST endpoint=new_token status=201" in log
+    assert b"status=401" in log and b"event=stop" in log
+    printed = server.output() + log
     for secret in (b"alice pw", b"wrong", token.encode(), token.rsplit("_", 1)[1].encode()):
         assert secret not in printed

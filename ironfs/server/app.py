@@ -5,6 +5,7 @@ that says what kind it is; nothing in a response or a log carries a secret."""
 import json
 import logging
 import threading
+import time
 from collections import Counter
 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as RouteNotFound
@@ -62,6 +63,7 @@ class ApiApp:
 
     def __call__(self, environ, start_response):
         request = Request(environ)
+        started = time.monotonic()
         endpoint = "unknown"
         try:
             endpoint, args = self.url_map.bind_to_environ(environ).match()
@@ -86,6 +88,9 @@ class ApiApp:
             response = json_response({"error": exc.description}, exc.code)
         self.metrics.record(endpoint, response.status_code, request.content_length or 0,
                             response.content_length or 0)
+        # the access log: never headers or bodies, so never a password or token
+        logger.info("event=request method=%s endpoint=%s status=%d client=%s ms=%.1f", request.method, endpoint,
+                    response.status_code, request.remote_addr, (time.monotonic() - started) * 1000)
         return response(environ, start_response)
 
     def _json_body(self, request: Request) -> dict:
@@ -111,7 +116,7 @@ class ApiApp:
             raise Forbidden("A new machine login needs the account password.")
         host = str(self._json_body(request).get("host", ""))[:255]
         token = self.root.accounts.issue_token(account["name"], host)
-        logger.info("new machine login for account %s from host %s", account["name"], host)
+        logger.info("event=machine-login account=%s host=%r", account["name"], host)
         return json_response({"token": token, "account": account["name"]}, 201)
 
     def on_metrics(self, request: Request) -> Response:

@@ -3,6 +3,8 @@ root's certificate. Plain HTTP only on loopback. SIGTERM and SIGINT stop it
 gracefully: cheroot finishes the requests in progress before it returns."""
 import ipaddress
 import logging
+import logging.handlers
+import os
 import signal
 import threading
 
@@ -14,6 +16,8 @@ from ironfs.server.app import ApiApp
 
 logger = logging.getLogger(__name__)
 
+LOG_BYTES = 10 << 20    # the server log rotates at this size, keeping LOG_KEEP old files
+LOG_KEEP = 5
 WORKERS = 32            # slow clients hold a worker each; enough that they cannot starve the rest
 SOCKET_TIMEOUT = 30     # seconds a client may stay silent mid-request
 
@@ -34,7 +38,19 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def log_to_data_root(root) -> logging.Handler:
+    """Server logs go to <data root>/logs/ironfs.log, rotated; lines are key=value."""
+    handler = logging.handlers.RotatingFileHandler(os.path.join(root.path, "logs", "ironfs.log"),
+                                                   maxBytes=LOG_BYTES, backupCount=LOG_KEEP)
+    handler.setFormatter(logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"))
+    top = logging.getLogger("ironfs")
+    top.addHandler(handler)
+    top.setLevel(logging.INFO)
+    return handler
+
+
 def serve(root, listen: str, plain_http: bool = False, announce=print) -> None:
+    log_to_data_root(root)
     host, port = parse_listen(listen)
     if plain_http and not is_loopback(host):
         raise UsageError("--plain-http is only allowed on a loopback address.",
@@ -48,6 +64,7 @@ def serve(root, listen: str, plain_http: bool = False, announce=print) -> None:
     scheme = "http" if plain_http else "https"
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     announce(f"listening on {scheme}://{shown}:{bound_port}")
+    logger.info("event=start url=%s://%s:%d", scheme, shown, bound_port)
 
     def stop(signum, frame):
         logger.info("signal %s: stopping after the requests in progress", signum)
@@ -58,3 +75,4 @@ def serve(root, listen: str, plain_http: bool = False, announce=print) -> None:
         server.serve()
     finally:
         server.stop()
+        logger.info("event=stop")
