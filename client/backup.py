@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from client.cache import FileCache, entry_digest, version_digest
 from client.fsmeta import kind_of, version_record
-from ironfs.errors import DiskFull, IroncoreError
+from ironfs.errors import IroncoreError
 from ironfs.format import delta
 from ironfs.format.blobfilter import BlobFilter
 from ironfs.format.content import ContentHasher
@@ -262,7 +262,7 @@ class Backup:
             else:
                 self.report["other"] += 1
         if self.progress:
-            self.progress.entry(st.st_size if kind == "f" else 0)
+            self.progress.entry()
 
     def _unreadable(self, abspath: bytes, exc: OSError) -> None:
         """A path that vanished is reported and left out; one that cannot be read is
@@ -346,8 +346,6 @@ class Backup:
                     pass
             if stored is None:
                 stored = self._store_whole(fd, st)
-        except DiskFull:
-            raise
         except OSError as exc:
             self._unreadable(abspath, exc)
             return

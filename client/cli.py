@@ -8,9 +8,10 @@ from client import config
 from client.backup import Backup
 from client.progress import maybe_progress
 from client.restore import Restore, resolve_snapshot, snapshot_name
-from ironfs.cli.edge import human_size, print_json, run_cli
+from ironfs.cli.edge import print_json, run_cli
 from ironfs.errors import UsageError
 from ironfs.format.volume import Volume, is_volume
+from ironfs.store.sizes import format_size
 
 password_stdin = click.option("--password-stdin", is_flag=True, help="Read the set's password from standard input.")
 json_flag = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -93,7 +94,7 @@ def backup(name, as_json, password_stdin):
         return
     click.echo(f"Snapshot {report['snapshot']}: {report['files_new']} new, {report['files_changed']} changed, "
                f"{report['files_unchanged']} unchanged files, {report['deleted']} removed; "
-               f"read {human_size(report['bytes_read'])}, stored {human_size(report['bytes_stored'])} "
+               f"read {format_size(report['bytes_read'])}, stored {format_size(report['bytes_stored'])} "
                f"in {report['duration_s']:.1f} s.")
     for err in report["errors"]:
         click.echo(f"  not backed up: {err['path']}: {err['error']}", err=True)
@@ -144,7 +145,7 @@ def restore(name, snapshot, path, target, as_json, password_stdin):
         print_json(report)
     else:
         click.echo(f"Restored snapshot {snap['seq']}: {report['files']} files, {report['dirs']} folders, "
-                   f"{human_size(report['bytes'])} into {os.path.abspath(target)}.")
+                   f"{format_size(report['bytes'])} into {os.path.abspath(target)}.")
         for err in report["errors"]:
             click.echo(f"  FAILED: {err['path']}: {err['error']}", err=True)
     if report["errors"]:

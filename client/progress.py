@@ -49,7 +49,7 @@ class TerminalProgress:
         self._stop.set()
         self._progress.stop()
 
-    def entry(self, size: int) -> None:
+    def entry(self) -> None:
         self.files += 1
         if self.files % 64 == 0:
             self._progress.update(self._task, files=self.files)

@@ -28,8 +28,7 @@ FILE_BATCH = 16         # small files per job (up to 4 MiB of data): fewer hand-
 class BlobCache:
     """A small LRU of decrypted blobs: delta extents often revisit one blob."""
 
-    def __init__(self, volume, limit_bytes: int = 64 << 20):
-        self.volume = volume
+    def __init__(self, limit_bytes: int = 64 << 20):
         self.limit = limit_bytes
         self.size = 0
         self.items: OrderedDict[bytes, bytes] = OrderedDict()
@@ -76,7 +75,7 @@ class Restore:
         self.snapshot = snapshot
         self.target = os.path.abspath(target)
         self.progress = progress
-        self.cache = BlobCache(volume)
+        self.cache = BlobCache()
         workers = threads or os.cpu_count() or 2
         self.pool = ThreadPoolExecutor(workers)         # blob prefetch for large files
         self.file_pool = ThreadPoolExecutor(workers)    # small files, each whole on one worker

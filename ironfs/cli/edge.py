@@ -10,14 +10,6 @@ import click
 from ironfs.errors import IroncoreError
 
 
-def human_size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
 def print_json(data) -> None:
     click.echo(json.dumps(data, indent=1, default=lambda o: o.hex() if isinstance(o, bytes) else str(o)))
 

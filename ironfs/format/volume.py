@@ -383,9 +383,6 @@ class VolumeWriter:
         return blob_id in self._pack_blobs or self._run_blobs.execute(
             "SELECT 1 FROM b WHERE id=?", (blob_id,)).fetchone() is not None
 
-    def has_blob(self, blob_id: bytes) -> bool:
-        return self.in_run(blob_id) or (blob_id in self.filter and self.catalog.has_blob(blob_id))
-
     def add_blob(self, blob_id: bytes, blob_type: int, sealed: bytes, raw_length: int) -> bool:
         """Add a sealed blob unless this run already stored it; True if added."""
         if self.in_run(blob_id):
