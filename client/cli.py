@@ -1,16 +1,20 @@
 """`ironcore`: the backup client's command line."""
 import os
 import sys
+import tempfile
 
 import click
 
-from client import config
+from client import config, keys, remote
 from client.backup import Backup
+from client.remote_volume import RemoteVolume
 from client.progress import maybe_progress
-from client.restore import Restore, resolve_snapshot, snapshot_name
+from client.restore import Restore
+from ironfs.format.snapshots import resolve_snapshot, snapshot_name
 from ironfs.cli.edge import print_json, run_cli
-from ironfs.errors import UsageError
+from ironfs.errors import NotFound, UsageError
 from ironfs.format.volume import Volume, is_volume
+from ironfs.store.sets import check_set_name
 from ironfs.store.sizes import format_size
 
 password_stdin = click.option("--password-stdin", is_flag=True, help="Read the set's password from standard input.")
@@ -31,16 +35,24 @@ def set_group():
 @click.argument("name")
 @click.option("--source", "sources", multiple=True, required=True, type=click.Path(exists=True),
               help="A folder or file to back up (repeatable).")
-@click.option("--to", "destination", required=True, help="Where the volume lives: file:///DIR.")
+@click.option("--to", "destination", default=None,
+              help="file:///DIR for a local volume; left out, the server this machine is logged in to.")
 @click.option("--exclude", "excludes", multiple=True, help="A glob of names or paths to skip (repeatable).")
+@click.option("--private-key-file", type=click.File("rb"), default=None,
+              help="On a server: encrypt with the key in this file, which the server never sees "
+                   "(default: the account password, so the server can show files on the web).")
 @password_stdin
-def set_add(name, sources, destination, excludes, password_stdin):
+def set_add(name, sources, destination, excludes, private_key_file, password_stdin):
     """Create backup set NAME and its encrypted volume."""
-    config.check_name(name)
+    check_set_name(name)
+    sources = [os.path.abspath(s) for s in sources]
     if os.path.exists(config.set_path(name)):
         raise UsageError(f"A set named {name!r} exists already.", "Pick another name.")
-    bset = config.BackupSet(name=name, sources=[os.path.abspath(s) for s in sources],
-                            destination=config.check_destination(destination), excludes=list(excludes))
+    if destination is None or destination.startswith(("https://", "http://")):
+        add_server_set(name, sources, destination, list(excludes), private_key_file, password_stdin)
+        return
+    bset = config.BackupSet(name=name, sources=sources, destination=config.check_destination(destination),
+                            excludes=list(excludes))
     secret = config.read_secret(password_stdin, confirm=True)
     if is_volume(bset.volume_dir):
         Volume(bset.volume_dir).unlock(secret)   # attach to an existing volume we hold the key of
@@ -52,20 +64,113 @@ def set_add(name, sources, destination, excludes, password_stdin):
     click.echo("Keep the password safe: without it nobody, including you, can restore this data.")
 
 
+def add_server_set(name, sources, destination, excludes, private_key_file, password_stdin):
+    """The set's settings and a new volume go to the server; the key stays here too."""
+    state = remote.load_state()
+    if destination and destination.rstrip("/") != state["url"]:
+        raise UsageError(f"This machine is logged in to {state['url']}, not {destination}.",
+                         f"Log in there first with 'ironcore login --server {destination} --account NAME'.")
+    if private_key_file is not None:
+        slots = {"private": private_key_file.read().strip()}
+        if len(slots["private"]) < 8:
+            raise UsageError("The private key file must hold at least 8 bytes.")
+    else:
+        password = config.read_secret(password_stdin, prompt="Account password: ")
+        remote.check_password(state, password.decode())
+        slots = {"login": password}
+    with tempfile.TemporaryDirectory(dir=config.home()) as tmp:
+        volume = Volume.create(os.path.join(tmp, "volume"), slots)
+        server = remote.connect()
+        server.call("PUT", f"/api/v1/sets/{name}", json={
+            "settings": {"sources": sources, "excludes": excludes}, "volume": volume.config}).json()
+        keys.save_key(volume.id, volume.key)
+        server.call("PUT", f"/api/v1/sets/{name}/machines/{config.host_name()}", json={"scheduled": True})
+    click.echo(f"Set {name} created on {state['url']}; every machine logged in to {state['account']} sees it.")
+    if private_key_file is not None:
+        click.echo("Keep the key file safe: without it nobody, including you, can restore this data.")
+
+
+def server_sets() -> list[dict]:
+    """The sets on the server this machine is logged in to (none when it is not)."""
+    try:
+        remote.load_state()
+    except UsageError:
+        return []
+    return remote.connect().call("GET", "/api/v1/sets").json()
+
+
 @set_group.command("list")
 @json_flag
 def set_list(as_json):
-    """List the backup sets of this machine."""
-    sets = config.list_sets()
+    """List the backup sets of this machine and of the server it is logged in to."""
+    sets = [dict(vars(s), on_server=False) for s in config.list_sets()]
+    host = config.host_name()
+    for info in server_sets():
+        sets.append({"name": info["name"], "sources": info["settings"].get("sources", []),
+                     "excludes": info["settings"].get("excludes", []), "destination": remote.load_state()["url"],
+                     "on_server": True, "keys": info["slots"],
+                     "scheduled_here": info["machines"].get(host, {}).get("scheduled", False)})
     if as_json:
-        print_json([vars(s) for s in sets])
+        print_json(sets)
         return
     for s in sets:
-        click.echo(f"{s.name}\t{s.destination}\t{', '.join(s.sources)}")
+        here = ("  scheduled here" if s["scheduled_here"] else "  not scheduled here") if s["on_server"] else ""
+        click.echo(f"{s['name']}\t{s['destination']}\t{', '.join(s['sources'])}{here}")
+
+
+@set_group.command("edit")
+@click.argument("name")
+@click.option("--source", "sources", multiple=True, type=click.Path(exists=True),
+              help="Replace the sources with these (repeatable).")
+@click.option("--exclude", "excludes", multiple=True, help="Replace the exclude patterns with these (repeatable).")
+@click.option("--schedule-here/--no-schedule-here", default=None,
+              help="Whether this computer runs the set's scheduled backups (each machine has its own switch).")
+def set_edit(name, sources, excludes, schedule_here):
+    """Change the settings of set NAME (kept on the server for server sets)."""
+    bset = find_set(name)[0]
+    settings = {}
+    if sources:
+        settings["sources"] = [os.path.abspath(s) for s in sources]
+    if excludes:
+        settings["excludes"] = list(excludes)
+    if not bset.on_server:
+        if schedule_here is not None:
+            raise UsageError("Only sets on a server have a per-machine schedule switch.")
+        config.save_set(config.BackupSet(**{**vars(bset), **settings}))
+    else:
+        server = remote.connect()
+        if settings:
+            server.call("PATCH", f"/api/v1/sets/{name}", json={"settings": settings})
+        if schedule_here is not None:
+            server.call("PUT", f"/api/v1/sets/{name}/machines/{config.host_name()}",
+                        json={"scheduled": schedule_here})
+    click.echo(f"Set {name} updated.")
+
+
+def find_set(name: str):
+    """(BackupSet, server info or None): a set of this machine, else one on the server."""
+    try:
+        return config.load_set(name), None
+    except NotFound:
+        try:
+            state = remote.load_state()
+        except UsageError:
+            raise NotFound(f"There is no backup set named {name!r} on this machine.",
+                           "List sets with 'ironcore set list' or add one with 'ironcore set add'.") from None
+    check_set_name(name)
+    info = remote.connect().call("GET", f"/api/v1/sets/{name}").json()
+    bset = config.BackupSet(name=name, sources=info["settings"].get("sources", []), destination=state["url"],
+                            excludes=info["settings"].get("excludes", []))
+    return bset, info
 
 
 def open_set_volume(name: str, password_stdin: bool, unlock: bool = True):
-    bset = config.load_set(name)
+    bset, info = find_set(name)
+    if bset.on_server:
+        volume = RemoteVolume(remote.connect(), name, info)
+        if unlock:
+            volume.open_key(lambda: config.read_secret(password_stdin, prompt="Account password or set key: "))
+        return bset, volume
     volume = Volume(bset.volume_dir)
     if unlock:
         volume.unlock(config.read_secret(password_stdin))
@@ -160,12 +265,30 @@ def restore(name, snapshot, path, target, as_json, password_stdin):
 @password_stdin
 def login(url, account, fingerprint, password_stdin):
     """Log this machine in to a server, pinning its certificate."""
-    from client import remote
-    password = config.read_secret(password_stdin).decode()
+    password = config.read_secret(password_stdin, prompt="Account password: ").decode()
     state = remote.login(url, account, password, fingerprint)
     if state["fingerprint"] and not fingerprint:
         click.echo(f"Trusting the server's certificate {state['fingerprint']} from now on.")
     click.echo(f"This machine is logged in to {state['url']} as {account}.")
+    taken, rewrapped = keys.sync_login_slots(state, password)
+    for name in taken:
+        click.echo(f"Set {name}: its key is on this machine now.")
+    for name in rewrapped:
+        click.echo(f"Set {name}: its 'login' key slot now opens with the current password.")
+
+
+@cli.command()
+@click.option("--password-stdin", is_flag=True, help="Read the current and the new password, one line each.")
+def passwd(password_stdin):
+    """Change the account password; the sets' 'login' key slots are re-wrapped at once."""
+    old = config.read_secret(password_stdin, prompt="Current password: ").decode()
+    new = config.read_secret(password_stdin, confirm=True, prompt="New password: ").decode()
+    result = remote.change_password(remote.load_state(), old, new)
+    click.echo("Password changed." + (f" Key slots re-wrapped: {', '.join(result['rewrapped'])}."
+                                      if result["rewrapped"] else ""))
+    for name in result["stale"]:
+        click.echo(f"  set {name}: its login slot did not open with the old password; "
+                   "run 'ironcore login' on a machine that holds its key.", err=True)
 
 
 def main():

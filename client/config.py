@@ -2,15 +2,14 @@
 one JSON file per backup set in sets/, and the file caches in cache/."""
 import json
 import os
-import re
+import socket
 import sys
 from dataclasses import asdict, dataclass, field
 from urllib.parse import unquote, urlparse
 
 from ironfs.errors import NotFound, UsageError
 from ironfs.format.fsutil import write_atomic
-
-SET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+from ironfs.store.sets import check_set_name
 
 
 def home() -> str:
@@ -18,6 +17,11 @@ def home() -> str:
     os.makedirs(os.path.join(path, "sets"), mode=0o700, exist_ok=True)
     os.makedirs(os.path.join(path, "cache"), mode=0o700, exist_ok=True)
     return path
+
+
+def host_name() -> str:
+    """This machine's name as servers see it (IRONCORE_HOSTNAME overrides, e.g. in containers)."""
+    return os.environ.get("IRONCORE_HOSTNAME") or socket.gethostname()
 
 
 @dataclass
@@ -28,6 +32,10 @@ class BackupSet:
     excludes: list[str] = field(default_factory=list)
 
     @property
+    def on_server(self) -> bool:
+        return self.destination.startswith(("https://", "http://"))
+
+    @property
     def volume_dir(self) -> str:
         """The local volume folder of a file:// destination."""
         url = urlparse(self.destination)
@@ -36,22 +44,16 @@ class BackupSet:
         return unquote(url.path)
 
 
-def check_name(name: str) -> str:
-    if not SET_NAME_RE.match(name):
-        raise UsageError(f"{name!r} is not a valid set name.",
-                         "Use letters, digits, '.', '_' and '-', starting with a letter or digit.")
-    return name
-
-
 def check_destination(url: str) -> str:
     parsed = urlparse(url)
     if parsed.scheme != "file" or not parsed.path.startswith("/"):
-        raise UsageError(f"Destination {url!r} is not supported yet.", "Use file:///ABSOLUTE/DIR.")
+        raise UsageError(f"Destination {url!r} is not a folder or the server this machine is logged in to.",
+                         "Use file:///ABSOLUTE/DIR, or log in with 'ironcore login' and leave --to out.")
     return url
 
 
 def set_path(name: str) -> str:
-    return os.path.join(home(), "sets", check_name(name) + ".json")
+    return os.path.join(home(), "sets", check_set_name(name) + ".json")
 
 
 def save_set(bset: BackupSet) -> None:
@@ -72,7 +74,8 @@ def list_sets() -> list[BackupSet]:
     return [load_set(n[:-5]) for n in sorted(os.listdir(folder)) if n.endswith(".json")]
 
 
-def read_secret(password_stdin: bool, confirm: bool = False, env: str = "IRONCORE_PASSWORD") -> bytes:
+def read_secret(password_stdin: bool, confirm: bool = False, env: str = "IRONCORE_PASSWORD",
+                prompt: str = "Password: ") -> bytes:
     """The set's secret: --password-stdin, else the environment, else a terminal prompt."""
     if password_stdin:
         line = sys.stdin.buffer.readline().rstrip(b"\r\n")
@@ -83,7 +86,7 @@ def read_secret(password_stdin: bool, confirm: bool = False, env: str = "IRONCOR
         return os.environ[env].encode()
     if sys.stdin.isatty():
         import getpass
-        secret = getpass.getpass("Password: ").encode()
+        secret = getpass.getpass(prompt).encode()
         if confirm and getpass.getpass("Password again: ").encode() != secret:
             raise UsageError("The two passwords differ.")
         if not secret:

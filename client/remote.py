@@ -7,9 +7,10 @@ certificate, so a changed one is refused with its new fingerprint in the
 message rather than silently trusted."""
 import hashlib
 import json
+import logging
 import os
-import socket
 import ssl
+import time
 from urllib.parse import urlparse
 
 import httpx
@@ -18,7 +19,10 @@ from client import config
 from ironfs.errors import IroncoreError, UsageError
 from ironfs.format.fsutil import write_atomic
 
-TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+logger = logging.getLogger(__name__)
+
+TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+RETRY_SECONDS = float(os.environ.get("IRONCORE_RETRY_SECONDS", 300))   # how long a backup waits out a server restart
 
 
 class CertificateChanged(IroncoreError):
@@ -26,7 +30,15 @@ class CertificateChanged(IroncoreError):
 
 
 class ServerError(IroncoreError):
-    """The server answered with an error; its message and hint are passed on."""
+    """The server answered with an error; its message and hint are passed on,
+    and the exit code says what kind it was."""
+
+    EXIT_CODES = {400: 2, 401: 3, 403: 3, 409: 4, 423: 4, 507: 5}
+
+    def __init__(self, status: int, message: str, hint: str | None = None):
+        super().__init__(message, hint)
+        self.status = status
+        self.exit_code = self.EXIT_CODES.get(status, 1)
 
 
 def split_url(url: str) -> tuple[str, str, int]:
@@ -85,10 +97,11 @@ def raise_for(response: httpx.Response) -> None:
         body = response.json()
     except ValueError:
         body = {"error": response.text[:200] or response.reason_phrase}
-    error = ServerError(body.get("error") or f"HTTP {response.status_code}", body.get("hint"))
-    if response.status_code in (401, 403):
-        error.exit_code = 3
-    raise error
+    raise ServerError(response.status_code, body.get("error") or f"HTTP {response.status_code}", body.get("hint"))
+
+
+class Unreachable(IroncoreError):
+    """The network or the server failed before an answer came: worth retrying."""
 
 
 class ServerClient:
@@ -100,7 +113,8 @@ class ServerClient:
         self.cert_pem = cert_pem
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         verify = pinned_context(cert_pem) if scheme == "https" else False
-        self.http = httpx.Client(base_url=self.url, verify=verify, auth=auth, headers=headers, timeout=TIMEOUT)
+        self.http = httpx.Client(base_url=self.url, verify=verify, auth=auth, headers=headers, timeout=TIMEOUT,
+                                 limits=httpx.Limits(max_connections=16))
 
     def request(self, method: str, path: str, **kw) -> httpx.Response:
         try:
@@ -113,11 +127,30 @@ class ServerClient:
                     "If the administrator confirms the new fingerprint, log in again with "
                     f"'ironcore login --server {self.url} --account NAME --fingerprint {now}'. "
                     "Otherwise someone may be between you and the server.") from None
-            raise IroncoreError(f"Cannot reach {self.url}: {exc}.", "Check the network and the server.") from None
+            raise Unreachable(f"Cannot reach {self.url}: {exc}.", "Check the network and the server.") from None
         except httpx.TransportError as exc:
-            raise IroncoreError(f"Connection to {self.url} failed: {exc}.", "Try again.") from None
+            raise Unreachable(f"Connection to {self.url} failed: {exc}.", "Try again.") from None
         raise_for(response)
         return response
+
+    def call(self, method: str, path: str, retry_for: float = RETRY_SECONDS, body=None, **kw) -> httpx.Response:
+        """`request`, retried with growing pauses while the server is unreachable or
+        answers 5xx, for up to `retry_for` seconds (a restarted server, a network blip).
+        `body` is a callable giving a fresh request body for each attempt."""
+        deadline = time.monotonic() + retry_for
+        pause = 0.25
+        while True:
+            try:
+                if body is not None:
+                    kw["content"] = body()
+                return self.request(method, path, **kw)
+            except (Unreachable, ServerError) as exc:
+                retryable = isinstance(exc, Unreachable) or exc.status in (500, 502, 503, 504)
+                if not retryable or time.monotonic() + pause > deadline:
+                    raise
+                logger.info("retrying %s %s in %.1f s: %s", method, path, pause, exc.message)
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
     def close(self) -> None:
         self.http.close()
@@ -146,13 +179,30 @@ def login(url: str, account: str, password: str, expected_fingerprint: str | Non
                 f"If the administrator confirms it, log in with --fingerprint {fingerprint_now}.")
     client = ServerClient(url, cert, auth=(account, password))
     try:
-        token = client.request("POST", "/api/v1/tokens", json={"host": socket.gethostname()}).json()["token"]
+        token = client.request("POST", "/api/v1/tokens", json={"host": config.host_name()}).json()["token"]
     finally:
         client.close()
     state = {"url": url.rstrip("/"), "account": account, "fingerprint": fingerprint_now, "cert_pem": cert,
              "token": token}
     save_state(state)
     return state
+
+
+def check_password(state: dict, password: str) -> None:
+    """WrongSecret-like ServerError (exit 3) unless `password` is the account's."""
+    owner = ServerClient(state["url"], state["cert_pem"], auth=(state["account"], password))
+    try:
+        owner.request("GET", "/api/v1/whoami")
+    finally:
+        owner.close()
+
+
+def change_password(state: dict, old: str, new: str) -> dict:
+    owner = ServerClient(state["url"], state["cert_pem"], auth=(state["account"], old))
+    try:
+        return owner.request("POST", "/api/v1/password", json={"old": old, "new": new}).json()
+    finally:
+        owner.close()
 
 
 def connect() -> ServerClient:

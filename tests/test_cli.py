@@ -45,7 +45,7 @@ def test_clear_errors_for_unknown_set_snapshot_and_bad_names(env, tmp_path):
     for args, text in ((["backup", "nope"], b"no backup set named 'nope'"),
                        (["set", "add", "bad name", "--source", tmp_path, "--to", f"file://{tmp_path}/v"],
                         b"not a valid set name"),
-                       (["set", "add", "x", "--source", tmp_path, "--to", "ftp://host/x"], b"not supported")):
+                       (["set", "add", "x", "--source", tmp_path, "--to", "ftp://host/x"], b"is not a folder or the server")):
         proc = env.ironcore(*args, check=False)
         assert proc.returncode != 0 and text in proc.stderr and b"Traceback" not in proc.stderr, proc.stderr
     (tmp_path / "src").mkdir()

@@ -3,68 +3,12 @@ certificate) and `ironcore login` against it: pinning, wrong passwords, rate
 limits, plain HTTP only on loopback, graceful SIGTERM."""
 import json
 import os
-import signal
 import subprocess
-import time
 
 import httpx
-import pytest
 
 from conftest import BIN
-
-ADMIN_PW = "admin password"
-
-
-class Server:
-    def __init__(self, root, listen="127.0.0.1:0", extra=()):
-        self.root = root
-        self.proc = subprocess.Popen([BIN / "ironfs", "serve", "--data-root", root, "--listen", listen, *extra],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 20
-        line = b""
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if line.startswith(b"listening on ") or self.proc.poll() is not None:
-                break
-        if not line.startswith(b"listening on "):
-            self.proc.kill()
-            raise AssertionError(f"server did not start: {self.proc.stderr.read().decode()}")
-        self.url = line.decode().split()[-1]
-        self.port = int(self.url.rsplit(":", 1)[1])
-
-    def stop(self) -> int:
-        """SIGTERM and wait; the exit code (again on later calls)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            finally:
-                if self.proc.poll() is None:
-                    self.proc.kill()
-        return self.proc.returncode
-
-    def output(self) -> bytes:
-        """Everything the stopped server printed."""
-        return self.proc.stdout.read() + self.proc.stderr.read()
-
-
-def make_root(env, path):
-    env.ironfs("init", "--data-root", path, "--password-stdin", input=ADMIN_PW.encode() + b"\n")
-    env.ironfs("account", "add", "alice", "--data-root", path, "--quota", "1G", "--password-stdin",
-               input=b"alice pw\n")
-
-
-@pytest.fixture
-def server(env, tmp_path):
-    make_root(env, tmp_path / "root")
-    srv = Server(tmp_path / "root")
-    yield srv
-    assert srv.stop() == 0
-
-
-def login(env, server_url, account="alice", password="alice pw", *extra, check=True):
-    return env.ironcore("login", "--server", server_url, "--account", account, "--password-stdin", *extra,
-                        input=password.encode() + b"\n", check=check)
+from serverkit import ADMIN_PW, Server, login, make_root, server  # noqa: F401 (server is a fixture)
 
 
 def test_login_pins_certificate_and_gets_a_machine_token(env, server):

@@ -8,7 +8,10 @@ from ironfs.cli.edge import print_json, run_cli
 from ironfs.errors import UsageError
 from ironfs.format.verify import verify_volume
 from ironfs.format.volume import Volume, is_volume
+from ironfs.store.accounts import check_account_name
 from ironfs.store.dataroot import DataRoot
+from ironfs.store.sets import LEASE_SECONDS, SetStore
+from ironfs.format.snapshots import snapshot_name
 from ironfs.store.sizes import format_size, parse_size
 
 data_root_option = click.option("--data-root", envvar="IRONFS_DATA_ROOT", required=True,
@@ -33,36 +36,57 @@ def read_password(password_stdin: bool) -> bytes:
                      "Give it with --password-stdin or the IRONFS_PASSWORD environment variable.")
 
 
-@cli.command()
-@click.argument("target")
-@click.option("--read-data", is_flag=True, help="Also decrypt every blob and check every file's hash (needs the key).")
-@click.option("--password-stdin", is_flag=True, help="Read the set's password or key from standard input.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify(target, read_data, password_stdin, as_json):
-    """Check a volume folder: structure, pack hashes, catalog against log, and with
-    --read-data every blob and file content."""
-    if not is_volume(target):
-        raise UsageError(f"{target} is not a volume folder.",
-                         "Give the folder that holds volume.json (account/set forms come with the server).")
-    volume = Volume(target)
-    if read_data:
-        volume.unlock(read_password(password_stdin))
+def verify_one(volume: Volume, read_data: bool, as_json: bool) -> dict:
     report = verify_volume(volume, read_data=read_data)
     volume.close()
     if as_json:
-        print_json(report)
+        return report
+    click.echo(f"{report['volume']}: {report['commits']} commits, {report['packs']} packs, "
+               f"{report['blobs']} blobs" + (f", {report['contents_checked']} contents read" if read_data else ""))
+    for w in report["warnings"]:
+        click.echo(f"  note: {w}")
+    for e in report["errors"]:
+        click.echo(f"  ERROR: {e}")
+    for a in report["affected"]:
+        until = a["until_snapshot"] or "now"
+        click.echo(f"  damaged file: {a['path']} (snapshots {a['from_snapshot']} to {until})")
+    click.echo("clean" if not report["errors"] else f"{len(report['errors'])} problems found")
+    return report
+
+
+@cli.command()
+@click.argument("target")
+@click.argument("set_name", required=False)
+@click.option("--data-root", envvar="IRONFS_DATA_ROOT", type=click.Path(file_okay=False),
+              help="The server's data root, for the ACCOUNT [SET] form (or IRONFS_DATA_ROOT).")
+@click.option("--read-data", is_flag=True, help="Also decrypt every blob and check every file's hash (needs the key).")
+@click.option("--password-stdin", is_flag=True, help="Read the set's password or key from standard input.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(target, set_name, data_root, read_data, password_stdin, as_json):
+    """Check a volume folder (TARGET) or the sets of account TARGET on the server
+    (all, or SET_NAME): structure, pack hashes, catalog against log, and with
+    --read-data every blob and file content."""
+    if is_volume(target) and set_name is None:
+        dirs = [target]
     else:
-        click.echo(f"{report['volume']}: {report['commits']} commits, {report['packs']} packs, "
-                   f"{report['blobs']} blobs" + (f", {report['contents_checked']} contents read" if read_data else ""))
-        for w in report["warnings"]:
-            click.echo(f"  note: {w}")
-        for e in report["errors"]:
-            click.echo(f"  ERROR: {e}")
-        for a in report["affected"]:
-            until = a["until_snapshot"] or "now"
-            click.echo(f"  damaged file: {a['path']} (snapshots {a['from_snapshot']} to {until})")
-        click.echo("clean" if not report["errors"] else f"{len(report['errors'])} problems found")
-    if report["errors"]:
+        if not data_root:
+            raise UsageError(f"{target} is not a volume folder.",
+                             "Give a folder that holds volume.json, or an account (and set) with --data-root.")
+        sets = SetStore(DataRoot(data_root))
+        root_account = check_account_name(target)
+        dirs = [sets.volume_dir(root_account, n) for n in ([set_name] if set_name else sets.names(root_account))]
+        if set_name:
+            sets.require(root_account, set_name)
+    secret = read_password(password_stdin) if read_data else None
+    reports = []
+    for folder in dirs:
+        volume = Volume(folder)
+        if secret is not None:
+            volume.unlock(secret)
+        reports.append(verify_one(volume, read_data, as_json))
+    if as_json:
+        print_json(reports[0] if len(reports) == 1 and set_name is None and is_volume(target) else reports)
+    if any(r["errors"] for r in reports):
         sys.exit(1)
 
 
@@ -142,6 +166,10 @@ def account_passwd(name, data_root, password_stdin):
     password, generated = new_password(password_stdin)
     root.accounts.set_password(name, password)
     click.echo(f"Password of {name} changed." + (f" New password (shown only now): {password}" if generated else ""))
+    if SetStore(root).names(name):
+        click.echo(f"The 'login' key slots of {name}'s sets still open with the old password; they are re-wrapped "
+                   f"when {name} next runs 'ironcore login' on a machine that holds the sets' keys. "
+                   f"('ironcore passwd' changes the password and re-wraps at once.)")
     root.close()
 
 
@@ -176,11 +204,64 @@ def account_remove(name, data_root, yes):
 @data_root_option
 @click.option("--listen", default="0.0.0.0:8443", show_default=True, help="HOST:PORT to serve on (port 0: any free).")
 @click.option("--plain-http", is_flag=True, help="Serve without TLS (loopback addresses only).")
-def serve(data_root, listen, plain_http):
+@click.option("--lease-seconds", default=LEASE_SECONDS, show_default=True, type=click.IntRange(1, 86400),
+              help="How long a backup's hold on its set outlives the last sign of life from its machine.")
+def serve(data_root, listen, plain_http, lease_seconds):
     """Serve the sync API over TLS until SIGTERM."""
     from ironfs.server.serve import serve as run_server
     root = DataRoot(data_root)
-    run_server(root, listen, plain_http, announce=lambda line: click.echo(line, nl=True) or sys.stdout.flush())
+    run_server(root, listen, plain_http, lease_seconds=lease_seconds,
+               announce=lambda line: click.echo(line, nl=True) or sys.stdout.flush())
+
+
+def admin_sets(data_root: str, account_name: str) -> SetStore:
+    root = DataRoot(data_root)
+    root.accounts.get(check_account_name(account_name))
+    return SetStore(root)
+
+
+@cli.command("sets")
+@click.argument("account_name")
+@data_root_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def sets_command(account_name, data_root, as_json):
+    """List the backup sets of ACCOUNT_NAME."""
+    sets = admin_sets(data_root, account_name)
+    rows = []
+    for name in sets.names(account_name):
+        info = sets.info(account_name, name)
+        snaps = sets.volume(account_name, name).refresh().snapshots()
+        rows.append({"name": name, "snapshots": len(snaps), "last_backup_ns": snaps[-1]["time_ns"] if snaps else None,
+                     "slots": [s["name"] for s in info["volume"]["slots"]], "settings": info["settings"],
+                     "machines": info["machines"]})
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        click.echo(f"{account_name} has no sets.")
+    for r in rows:
+        last = snapshot_name(r["last_backup_ns"]) if r["last_backup_ns"] else "never"
+        click.echo(f"{r['name']:<24} {r['snapshots']:>5} snapshots  last {last}  keys: {', '.join(r['slots'])}")
+    click.echo(f"usage {format_size(sets.usage(account_name))}")
+
+
+@cli.command("snapshots")
+@click.argument("account_name")
+@click.argument("set_name")
+@data_root_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def snapshots_command(account_name, set_name, data_root, as_json):
+    """List the snapshots of set SET_NAME of ACCOUNT_NAME."""
+    snaps = admin_sets(data_root, account_name).volume(account_name, set_name).refresh().snapshots()
+    for s in snaps:
+        s["name"] = snapshot_name(s["time_ns"])
+    if as_json:
+        print_json(snaps)
+        return
+    if not snaps:
+        click.echo("No snapshots yet.")
+    for s in snaps:
+        click.echo(f"{s['seq']:>6}  {s['name']}  {s.get('host') or '':<16} {', '.join(s.get('sources', []))}")
 
 
 def main():

@@ -333,6 +333,7 @@ class VolumeWriter:
                              "Wait for that backup to finish; a crashed holder releases the lock at once.") from None
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, f"{socket.gethostname()} pid {os.getpid()}\n".encode(), 0)
+        self.claim()
         self.packs: list[tuple[str, int]] = []
         self._pack_blobs: set[bytes] = set()
         self._run_blobs = sqlite3.connect("", isolation_level=None)   # "" = private temporary file
@@ -349,6 +350,9 @@ class VolumeWriter:
             self.filter.add(blob_id)
         self.adopted: list[tuple[str, int]] = []
         self._adopt_orphans()
+
+    def claim(self) -> None:
+        """Claim the volume where it lives beyond this machine's lock (none for a local folder)."""
 
     def _remove_tmp_files(self) -> None:
         for folder in (os.path.join(self.volume.root, "log"), self._packs_dir):
@@ -416,7 +420,7 @@ class VolumeWriter:
         for name, size in self.adopted + self.packs:
             commit.add({"t": "pack", "name": name, "size": size})
         crashpoint("mid-commit")
-        commit.finish()
+        self.publish_commit(commit)
         crashpoint("commit-published")
         self.catalog.apply(self.seq, commitlog.read_commit(self.volume.commit_path(self.seq)), self.volume.pack_index)
         seq = self.seq
@@ -424,6 +428,10 @@ class VolumeWriter:
         self.packs, self.adopted = [], []
         self._run_blobs.execute("DELETE FROM b")
         return seq
+
+    def publish_commit(self, commit: commitlog.CommitWriter) -> None:
+        """Make the commit durable where the volume lives (here: log/<seq>.commit)."""
+        commit.finish()
 
     def discard(self, remove_packs: bool) -> None:
         """After a failed run: drop the unfinished pack; with remove_packs (disk full)

@@ -12,17 +12,16 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound as Rou
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from ironfs.errors import Forbidden, IroncoreError, NotFound, UsageError
+from ironfs.errors import CorruptData, DiskFull, Forbidden, IroncoreError, NotFound, UsageError
+from ironfs.server import sync
 from ironfs.server.auth import Authenticator, TooManyFailures
+from ironfs.server.responses import json_response
 from ironfs.store.accounts import AuthFailed
+from ironfs.store.sets import QuotaExceeded, SetStore
 
 logger = logging.getLogger(__name__)
 
 MAX_JSON_BODY = 1 << 20
-
-
-def json_response(data, status: int = 200, headers=None) -> Response:
-    return Response(json.dumps(data), status=status, mimetype="application/json", headers=headers)
 
 
 class Metrics:
@@ -33,6 +32,7 @@ class Metrics:
         self.requests = Counter()
         self.bytes_in = 0
         self.bytes_out = 0
+        self.commits = 0
 
     def record(self, endpoint: str, status: int, bytes_in: int, bytes_out: int) -> None:
         with self._lock:
@@ -40,26 +40,38 @@ class Metrics:
             self.bytes_in += bytes_in
             self.bytes_out += bytes_out
 
-    def text(self) -> str:
+    def count_commit(self) -> None:
+        with self._lock:
+            self.commits += 1
+
+    def text(self, usage: dict[str, int]) -> str:
+        """`usage`: bytes stored per account."""
         with self._lock:
             lines = ["# TYPE ironfs_requests_total counter"]
             for (endpoint, status), n in sorted(self.requests.items()):
                 lines.append(f'ironfs_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}')
             lines += ["# TYPE ironfs_bytes_in_total counter", f"ironfs_bytes_in_total {self.bytes_in}",
-                      "# TYPE ironfs_bytes_out_total counter", f"ironfs_bytes_out_total {self.bytes_out}"]
+                      "# TYPE ironfs_bytes_out_total counter", f"ironfs_bytes_out_total {self.bytes_out}",
+                      "# TYPE ironfs_commits_total counter", f"ironfs_commits_total {self.commits}"]
+            errors = sum(n for (_, status), n in self.requests.items() if status >= 400)
+            lines += ["# TYPE ironfs_errors_total counter", f"ironfs_errors_total {errors}"]
+        lines.append("# TYPE ironfs_account_usage_bytes gauge")
+        lines += [f'ironfs_account_usage_bytes{{account="{name}"}} {used}' for name, used in sorted(usage.items())]
         return "\n".join(lines) + "\n"
 
 
 class ApiApp:
-    def __init__(self, root, authenticator: Authenticator | None = None):
+    def __init__(self, root, authenticator: Authenticator | None = None, sets: SetStore | None = None):
         self.root = root
         self.auth = authenticator or Authenticator(root)
         self.metrics = Metrics()
+        self.sets = sets or SetStore(root)
+        self.sync = sync.SyncApi(root, self.sets, self.metrics, self._json_body)
         self.url_map = Map([
             Rule("/api/v1/whoami", endpoint="whoami", methods=["GET"]),
             Rule("/api/v1/tokens", endpoint="new_token", methods=["POST"]),
             Rule("/metrics", endpoint="metrics", methods=["GET"]),
-        ])
+        ] + sync.RULES)
 
     def __call__(self, environ, start_response):
         request = Request(environ)
@@ -67,7 +79,11 @@ class ApiApp:
         endpoint = "unknown"
         try:
             endpoint, args = self.url_map.bind_to_environ(environ).match()
-            response = getattr(self, "on_" + endpoint)(request, **args)
+            handler = getattr(self, "on_" + endpoint, None)
+            if handler is not None:
+                response = handler(request, **args)
+            else:   # every sync route acts for the caller's own account
+                response = getattr(self.sync, endpoint)(request, self.auth(environ), **args)
         except TooManyFailures as exc:
             response = json_response({"error": exc.message, "hint": exc.hint}, 429,
                                      {"Retry-After": str(exc.retry_after)})
@@ -78,8 +94,10 @@ class ApiApp:
             response = json_response({"error": exc.message, "hint": exc.hint}, 403)
         except NotFound as exc:
             response = json_response({"error": exc.message, "hint": exc.hint}, 404)
-        except UsageError as exc:
+        except (UsageError, CorruptData) as exc:
             response = json_response({"error": exc.message, "hint": exc.hint}, 400)
+        except (QuotaExceeded, DiskFull) as exc:
+            response = json_response({"error": exc.message, "hint": exc.hint}, 507)
         except IroncoreError as exc:
             response = json_response({"error": exc.message, "hint": exc.hint}, 409)
         except (RouteNotFound, MethodNotAllowed) as exc:
@@ -123,4 +141,5 @@ class ApiApp:
         account = self.auth(request.environ)
         if not account["admin"]:
             raise Forbidden("Metrics are for the admin.")
-        return Response(self.metrics.text(), mimetype="text/plain; version=0.0.4")
+        usage = {a["name"]: self.sets.usage(a["name"]) for a in self.root.accounts.list()}
+        return Response(self.metrics.text(usage), mimetype="text/plain; version=0.0.4")

@@ -13,6 +13,7 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from ironfs.errors import UsageError
 from ironfs.server.app import ApiApp
+from ironfs.store.sets import LEASE_SECONDS, SetStore
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +50,13 @@ def log_to_data_root(root) -> logging.Handler:
     return handler
 
 
-def serve(root, listen: str, plain_http: bool = False, announce=print) -> None:
+def serve(root, listen: str, plain_http: bool = False, lease_seconds: float = LEASE_SECONDS, announce=print) -> None:
     log_to_data_root(root)
     host, port = parse_listen(listen)
     if plain_http and not is_loopback(host):
         raise UsageError("--plain-http is only allowed on a loopback address.",
                          "Passwords and data would cross the network in the clear; serve TLS instead.")
-    server = wsgi.Server((host, port), ApiApp(root), numthreads=WORKERS, timeout=SOCKET_TIMEOUT,
+    server = wsgi.Server((host, port), ApiApp(root, sets=SetStore(root, lease_seconds)), numthreads=WORKERS, timeout=SOCKET_TIMEOUT,
                          server_name="ironcore")
     if not plain_http:
         server.ssl_adapter = BuiltinSSLAdapter(root.cert_path, root.key_path)
