@@ -255,6 +255,13 @@ class RemoteWriter(VolumeWriter):
         self._pending = []
         super().discard(remove_packs)
 
+    def __exit__(self, exc_type, exc, tb):
+        if isinstance(exc, ServerError) and exc.status == 507:   # over quota: keep nothing of this run here either
+            self.discard(remove_packs=True)
+            self.close()
+            return False
+        return super().__exit__(exc_type, exc, tb)
+
     def _end_lease(self) -> None:
         self._stop.set()
         self._uploads.shutdown(wait=True)

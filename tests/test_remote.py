@@ -1,0 +1,288 @@
+"""Backups over the network: a real `ironfs serve` on loopback over TLS, real
+`ironcore` processes as client machines. Round trips, what a second run sends,
+quota, the writer lease between machines, a server killed mid-backup, key slots
+across password changes, and twenty clients at once."""
+import json
+import os
+import random
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from conftest import BIN, Env, assert_same_tree
+from serverkit import ADMIN_PW, Server, login, make_root, server  # noqa: F401 (server is a fixture)
+
+MiB = 1 << 20
+ALICE_PW = b"alice pw\n"
+
+
+def make_tree(src: Path, rnd: random.Random, big: int = 3 * MiB) -> None:
+    """A mixed tree: small text files, a big random file, an empty file, a symlink, a sparse file."""
+    (src / "docs" / "deep").mkdir(parents=True)
+    for i in range(120):
+        (src / "docs" / f"note{i:03d}.txt").write_bytes(rnd.randbytes(rnd.randint(0, 6000)))
+    (src / "docs" / "deep" / "empty").write_bytes(b"")
+    (src / "big.bin").write_bytes(os.urandom(big))
+    os.symlink("docs/note000.txt", src / "link")
+    with open(src / "sparse.img", "wb") as f:
+        f.seek(5 * MiB)
+        f.write(b"end")
+    os.chmod(src / "docs" / "note001.txt", 0o600)
+
+
+def machine(tmp_path: Path, name: str) -> Env:
+    """Another client machine: its own $IRONCORE_HOME and host name."""
+    other = Env(tmp_path / name)
+    other.env["IRONCORE_HOSTNAME"] = name
+    return other
+
+
+def add_server_set(env, name, *sources, password=ALICE_PW, extra=()):
+    args = ["set", "add", name, "--password-stdin", *extra]
+    for s in sources:
+        args += ["--source", s]
+    return env.ironcore(*args, input=password)
+
+
+def metric(server, name: str) -> float:
+    state_ctx = ssl.create_default_context(cafile=str(server.root / "tls" / "cert.pem"))
+    state_ctx.check_hostname = False
+    text = httpx.get(server.url + "/metrics", verify=state_ctx, auth=("admin", ADMIN_PW)).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def set_volume(server, account="alice", name="docs") -> Path:
+    return server.root / "accounts" / account / name / "volume"
+
+
+def server_packs(volume: Path) -> list[Path]:
+    return [p for p in (volume / "packs").glob("*/*") if not p.name.startswith(".tmp-")]
+
+
+def verify_clean(env, root, account="alice"):
+    out = env.ironfs("verify", account, "--data-root", root)
+    assert b"clean" in out.stdout and b"ERROR" not in out.stdout, out.stdout
+
+
+def test_round_trip_over_tls_and_the_second_run_sends_only_changes(env, server, tmp_path):
+    src = tmp_path / "src"
+    make_tree(src, random.Random(1))
+    login(env, server.url)
+    add_server_set(env, "docs", src)
+    first = env.backup_json("docs")
+    assert first["snapshot"] == 1 and first["files_new"] == 123
+
+    out = tmp_path / "out"
+    env.ironcore("restore", "docs", "--to", out)
+    assert_same_tree(src, env.restored(out, src))
+    assert os.stat(env.restored(out, src) / "sparse.img").st_blocks * 512 < MiB   # restored sparse
+
+    # change one note and append to the big file: the second run sends about that much
+    (src / "docs" / "note005.txt").write_bytes(b"new words\n" * 300)
+    with open(src / "big.bin", "ab") as f:
+        f.write(os.urandom(64 * 1024))
+    bytes_in = metric(server, "ironfs_bytes_in_total")
+    second = env.backup_json("docs")
+    sent = metric(server, "ironfs_bytes_in_total") - bytes_in
+    assert second["files_changed"] == 2 and second["files_unchanged"] == 121
+    assert sent < 400 * 1024, f"the second run sent {sent} bytes for ~70 KiB of changes"
+
+    out2 = tmp_path / "out2"
+    env.ironcore("restore", "docs", "--to", out2)
+    assert_same_tree(src, env.restored(out2, src))
+    snaps = json.loads(env.ironcore("snapshots", "docs", "--json").stdout)
+    assert [s["seq"] for s in snaps] == [1, 2]
+    # the older snapshot still restores as it was
+    env.ironcore("restore", "docs", "--snapshot", "1", "--path", str(src / "docs" / "note005.txt").lstrip("/"),
+                 "--to", tmp_path / "old")
+    assert (env.restored(tmp_path / "old", src) / "docs" / "note005.txt").read_bytes() != b"new words\n" * 300
+
+    admin = json.loads(env.ironfs("snapshots", "alice", "docs", "--data-root", server.root, "--json").stdout)
+    assert [s["seq"] for s in admin] == [1, 2]
+    assert b"docs" in env.ironfs("sets", "alice", "--data-root", server.root).stdout
+    env.ironfs("verify", "alice", "docs", "--data-root", server.root, "--read-data", "--password-stdin",
+               input=ALICE_PW)
+
+
+def test_quota_exceeded_keeps_nothing(env, server, tmp_path):
+    env.ironfs("account", "add", "small", "--data-root", server.root, "--quota", "1M", "--password-stdin",
+               input=b"small pw\n")
+    login(env, server.url, "small", "small pw")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok.txt").write_bytes(b"fits\n" * 100)
+    add_server_set(env, "docs", src, password=b"small pw\n")
+    env.backup_json("docs")
+    volume = set_volume(server, "small")
+    packs_before = sorted(server_packs(volume))
+
+    (src / "big.bin").write_bytes(os.urandom(3 * MiB))
+    proc = env.ironcore("backup", "docs", check=False)
+    assert proc.returncode == 5, proc.stderr
+    assert b"Quota Exceeded" in proc.stderr and b"Traceback" not in proc.stderr
+    assert sorted(server_packs(volume)) == packs_before   # nothing of the refused run is kept
+    assert len(list((volume / "log").iterdir())) == 1
+    verify_clean(env, server.root, "small")
+
+    (src / "big.bin").unlink()
+    (src / "ok2.txt").write_bytes(b"still fits\n")
+    assert env.backup_json("docs")["snapshot"] == 2
+
+
+def test_second_machine_sees_the_set_and_the_lease_names_its_holder(env, tmp_path):
+    make_root(env, tmp_path / "root")
+    srv = Server(tmp_path / "root", extra=["--lease-seconds", "3"])
+    try:
+        src = tmp_path / "src"
+        make_tree(src, random.Random(2), big=20 * MiB)
+        a = machine(tmp_path, "machine-a")
+        b = machine(tmp_path, "machine-b")
+        login(a, srv.url)
+        add_server_set(a, "docs", src)
+        login(b, srv.url)   # the login password opens the set's login slot: b gets the key
+        listed = json.loads(b.ironcore("set", "list", "--json").stdout)
+        assert [s["name"] for s in listed] == ["docs"] and listed[0]["sources"] == [str(src)]
+
+        # each machine has its own "run scheduled backups here" switch
+        b.ironcore("set", "edit", "docs", "--no-schedule-here")
+        assert json.loads(b.ironcore("set", "list", "--json").stdout)[0]["scheduled_here"] is False
+        assert json.loads(a.ironcore("set", "list", "--json").stdout)[0]["scheduled_here"] is True
+
+        # machine a dies mid-backup holding the lease (after a pack went up)
+        crashing = dict(a.env, IRONCORE_CRASH_AT="pack-published:2")
+        died = a.ironcore("backup", "docs", env=crashing, check=False)
+        assert died.returncode == -signal.SIGKILL
+        held = b.ironcore("backup", "docs", check=False)
+        assert held.returncode == 4 and b"machine-a" in held.stderr, held.stderr
+        verify_clean(b, srv.root)
+
+        time.sleep(3.5)   # the dead holder's lease runs out
+        report = json.loads(b.ironcore("backup", "docs", "--json").stdout)
+        assert report["snapshot"] == 1
+        out = tmp_path / "out"
+        b.ironcore("restore", "docs", "--to", out)
+        assert_same_tree(src, b.restored(out, src))
+        # the crashed machine's next run finishes too, and verify stays clean
+        assert json.loads(a.ironcore("backup", "docs", "--json").stdout)["snapshot"] == 2
+        verify_clean(a, srv.root)
+    finally:
+        assert srv.stop() == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_server_killed_mid_backup_then_restarted_the_client_retry_finishes(env, tmp_path):
+    make_root(env, tmp_path / "root")
+    port = free_port()
+    srv = Server(tmp_path / "root", listen=f"127.0.0.1:{port}")
+    src = tmp_path / "src"
+    make_tree(src, random.Random(3), big=8 * MiB)
+    for i in range(8):
+        (src / f"big{i}.bin").write_bytes(os.urandom(12 * MiB))
+    login(env, srv.url)
+    add_server_set(env, "docs", src)
+    volume = set_volume(srv)
+    client = subprocess.Popen([BIN / "ironcore", "backup", "docs", "--json"], env=env.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not server_packs(volume) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert client.poll() is None, "the backup finished before the server could be killed"
+    srv.proc.kill()
+    srv.proc.wait()
+    time.sleep(1)
+    srv = Server(tmp_path / "root", listen=f"127.0.0.1:{port}")
+    try:
+        stdout, stderr = client.communicate(timeout=300)
+        assert client.returncode == 0, stderr
+        assert json.loads(stdout)["snapshot"] == 1
+        verify_clean(env, srv.root)
+        out = tmp_path / "out"
+        env.ironcore("restore", "docs", "--to", out)
+        assert_same_tree(src, env.restored(out, src))
+    finally:
+        assert srv.stop() == 0
+
+
+def test_login_slot_follows_password_changes(env, server, tmp_path):
+    src = tmp_path / "src"
+    make_tree(src, random.Random(4))
+    login(env, server.url)
+    add_server_set(env, "docs", src)
+    env.backup_json("docs")
+
+    # the owner changes the password: the login slot is re-wrapped on the server at once
+    env.ironcore("passwd", "--password-stdin", input=b"alice pw\nnew password 1\n")
+    fresh = machine(tmp_path, "fresh")
+    assert b"key is on this machine" in login(fresh, server.url, password="new password 1").stdout
+    fresh.ironcore("restore", "docs", "--to", tmp_path / "out1")
+    assert_same_tree(src, fresh.restored(tmp_path / "out1", src))
+
+    # the admin resets it: the next login of a machine holding the key re-wraps the slot
+    env.ironfs("account", "passwd", "alice", "--data-root", server.root, "--password-stdin",
+               input=b"reset password 2\n")
+    assert b"now opens with the current password" in login(env, server.url, password="reset password 2").stdout
+    third = machine(tmp_path, "third")
+    login(third, server.url, password="reset password 2")
+    third.ironcore("restore", "docs", "--to", tmp_path / "out2")
+    assert_same_tree(src, third.restored(tmp_path / "out2", src))
+
+
+def test_private_key_set_needs_the_key_on_another_machine(env, server, tmp_path):
+    src = tmp_path / "src"
+    make_tree(src, random.Random(5))
+    keyfile = tmp_path / "set.key"
+    keyfile.write_bytes(b"a private key nobody else has\n")
+    login(env, server.url)
+    add_server_set(env, "docs", src, extra=["--private-key-file", keyfile])
+    env.backup_json("docs")
+    other = machine(tmp_path, "other")
+    login(other, server.url)
+    no_key = dict(other.env)
+    no_key.pop("IRONCORE_PASSWORD")
+    refused = other.ironcore("restore", "docs", "--to", tmp_path / "x", env=no_key, check=False)
+    assert refused.returncode != 0 and b"Traceback" not in refused.stderr
+    wrong = other.ironcore("restore", "docs", "--to", tmp_path / "x", env=dict(no_key, IRONCORE_PASSWORD="alice pw"),
+                           check=False)
+    assert wrong.returncode == 3 and b"private" in wrong.stderr
+    other.ironcore("restore", "docs", "--to", tmp_path / "out", env=dict(no_key, IRONCORE_PASSWORD=keyfile.read_text().strip()))
+    assert_same_tree(src, other.restored(tmp_path / "out", src))
+
+
+def test_twenty_clients_back_up_to_twenty_accounts_at_once(env, server, tmp_path):
+    names = [f"user{i:02d}" for i in range(20)]
+    trees = {}
+    for i, name in enumerate(names):
+        env.ironfs("account", "add", name, "--data-root", server.root, "--quota", "1G", "--password-stdin",
+                   input=f"{name} password\n".encode())
+        src = tmp_path / "src" / name
+        src.mkdir(parents=True)
+        rnd = random.Random(i)
+        for j in range(30):
+            (src / f"f{j}.bin").write_bytes(rnd.randbytes(rnd.randint(0, 200_000)))
+        trees[name] = src
+
+    def one_client(name):
+        m = machine(tmp_path, "m-" + name)
+        pw = f"{name} password"
+        login(m, server.url, name, pw)
+        add_server_set(m, "docs", trees[name], password=(pw + "\n").encode())
+        report = json.loads(m.ironcore("backup", "docs", "--json").stdout)
+        m.ironcore("restore", "docs", "--to", tmp_path / "out" / name)
+        assert_same_tree(trees[name], m.restored(tmp_path / "out" / name, trees[name]))
+        return report["snapshot"]
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        assert list(pool.map(one_client, names)) == [1] * 20
+    for name in names:
+        verify_clean(env, server.root, name)
