@@ -5,10 +5,12 @@ across password changes, and twenty clients at once."""
 import json
 import os
 import random
+import re
 import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -210,6 +212,10 @@ def test_server_killed_mid_backup_then_restarted_the_client_retry_finishes(env, 
         out = tmp_path / "out"
         env.ironcore("restore", "docs", "--to", out)
         assert_same_tree(src, env.restored(out, src))
+        # SIGTERM stops it cleanly; an acknowledged commit is there after the restart
+        assert srv.stop() == 0
+        srv = Server(tmp_path / "root", listen=f"127.0.0.1:{port}")
+        assert [s["seq"] for s in json.loads(env.ironcore("snapshots", "docs", "--json").stdout)] == [1]
     finally:
         assert srv.stop() == 0
 
@@ -286,3 +292,88 @@ def test_twenty_clients_back_up_to_twenty_accounts_at_once(env, server, tmp_path
         assert list(pool.map(one_client, names)) == [1] * 20
     for name in names:
         verify_clean(env, server.root, name)
+
+
+class CorruptingProxy:
+    """A TCP relay that flips one byte in the body of the first pack upload it
+    sees, the way a bad link would (plain HTTP on loopback, so it can)."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.flipped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src, dst, to_server):
+        buf, body_left = b"", 0
+        try:
+            while data := src.recv(1 << 16):
+                if not to_server or self.flipped:
+                    dst.sendall(buf + data)
+                    buf = b""
+                    continue
+                buf += data
+                out = b""
+                while buf:
+                    if body_left:
+                        n = min(body_left, len(buf))
+                        out, buf, body_left = out + buf[:n], buf[n:], body_left - n
+                        continue
+                    end = buf.find(b"\r\n\r\n")
+                    if end < 0:
+                        break
+                    head = buf[:end + 4]
+                    length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+                    length = int(length.group(1)) if length else 0
+                    if head.startswith(b"PUT ") and b"/packs/" in head.split(b"\r\n", 1)[0] and length > 200:
+                        if len(buf) < end + 4 + 101:
+                            break   # wait for the first bytes of the body
+                        at = end + 4 + 100
+                        buf = buf[:at] + bytes([buf[at] ^ 0xFF]) + buf[at + 1:]
+                        self.flipped = True
+                    out, buf, body_left = out + head, buf[end + 4:], length
+                dst.sendall(out)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.listener.close()
+
+
+def test_a_pack_damaged_on_the_way_is_rejected_whole_and_sent_again(env, tmp_path):
+    make_root(env, tmp_path / "root")
+    srv = Server(tmp_path / "root", extra=["--plain-http"])
+    proxy = CorruptingProxy(srv.port)
+    try:
+        src = tmp_path / "src"
+        make_tree(src, random.Random(6))
+        login(env, f"http://127.0.0.1:{proxy.port}")
+        add_server_set(env, "docs", src)
+        assert env.backup_json("docs")["snapshot"] == 1
+        assert proxy.flipped
+        log = (srv.root / "logs" / "ironfs.log").read_text()
+        assert re.search(r"endpoint=put_pack status=400", log), "the damaged upload was not refused"
+        assert re.search(r"endpoint=put_pack status=201", log)
+        verify_clean(env, srv.root)
+        env.ironcore("restore", "docs", "--to", tmp_path / "out")
+        assert_same_tree(src, env.restored(tmp_path / "out", src))
+    finally:
+        proxy.close()
+        assert srv.stop() == 0
