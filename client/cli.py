@@ -10,8 +10,8 @@ from client.backup import Backup
 from client.remote_volume import RemoteVolume
 from client.progress import maybe_progress
 from client.restore import Restore
-from ironfs.format.snapshots import resolve_snapshot, snapshot_name
-from ironfs.cli.edge import print_json, run_cli
+from ironfs.format.snapshots import resolve_snapshot
+from ironfs.cli.edge import print_json, print_snapshots, run_cli
 from ironfs.errors import NotFound, UsageError
 from ironfs.format.volume import Volume, is_volume
 from ironfs.store.sets import check_set_name
@@ -213,15 +213,7 @@ def snapshots(name, as_json):
     _, volume = open_set_volume(name, False, unlock=False)
     snaps = volume.refresh().snapshots()
     volume.close()
-    for s in snaps:
-        s["name"] = snapshot_name(s["time_ns"])
-    if as_json:
-        print_json(snaps)
-        return
-    if not snaps:
-        click.echo("No snapshots yet.")
-    for s in snaps:
-        click.echo(f"{s['seq']:>6}  {s['name']}  {s.get('host') or '':<16} {', '.join(s.get('sources', []))}")
+    print_snapshots(snaps, as_json)
 
 
 @cli.command()

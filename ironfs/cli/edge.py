@@ -8,10 +8,24 @@ import sys
 import click
 
 from ironfs.errors import IroncoreError
+from ironfs.format.snapshots import snapshot_name
 
 
 def print_json(data) -> None:
     click.echo(json.dumps(data, indent=1, default=lambda o: o.hex() if isinstance(o, bytes) else str(o)))
+
+
+def print_snapshots(snaps: list[dict], as_json: bool) -> None:
+    """A set's snapshots, for `ironcore snapshots` and `ironfs snapshots` alike."""
+    for s in snaps:
+        s["name"] = snapshot_name(s["time_ns"])
+    if as_json:
+        print_json(snaps)
+        return
+    if not snaps:
+        click.echo("No snapshots yet.")
+    for s in snaps:
+        click.echo(f"{s['seq']:>6}  {s['name']}  {s.get('host') or '':<16} {', '.join(s.get('sources', []))}")
 
 
 def setup_logging() -> None:

@@ -4,7 +4,7 @@ import sys
 
 import click
 
-from ironfs.cli.edge import print_json, run_cli
+from ironfs.cli.edge import print_json, print_snapshots, run_cli
 from ironfs.errors import UsageError
 from ironfs.format.verify import verify_volume
 from ironfs.format.volume import Volume, is_volume
@@ -253,15 +253,7 @@ def sets_command(account_name, data_root, as_json):
 def snapshots_command(account_name, set_name, data_root, as_json):
     """List the snapshots of set SET_NAME of ACCOUNT_NAME."""
     snaps = admin_sets(data_root, account_name).volume(account_name, set_name).refresh().snapshots()
-    for s in snaps:
-        s["name"] = snapshot_name(s["time_ns"])
-    if as_json:
-        print_json(snaps)
-        return
-    if not snaps:
-        click.echo("No snapshots yet.")
-    for s in snaps:
-        click.echo(f"{s['seq']:>6}  {s['name']}  {s.get('host') or '':<16} {', '.join(s.get('sources', []))}")
+    print_snapshots(snaps, as_json)
 
 
 def main():
