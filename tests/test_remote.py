@@ -377,3 +377,36 @@ def test_a_pack_damaged_on_the_way_is_rejected_whole_and_sent_again(env, tmp_pat
     finally:
         proxy.close()
         assert srv.stop() == 0
+
+
+def test_log_feed_long_poll_wakes_on_a_commit_and_ends_on_sigterm(env, tmp_path):
+    make_root(env, tmp_path / "root")
+    srv = Server(tmp_path / "root")
+    try:
+        src = tmp_path / "src"
+        make_tree(src, random.Random(7))
+        login(env, srv.url)
+        add_server_set(env, "docs", src)
+        state = json.loads((env.home / "server.json").read_text())
+        ctx = ssl.create_default_context(cadata=state["cert_pem"])
+        ctx.check_hostname = False
+        api = httpx.Client(base_url=srv.url, verify=ctx, headers={"Authorization": f"Bearer {state['token']}"},
+                           timeout=90)
+        for bad in ("nan", "-1", "inf", "x"):
+            assert api.get("/api/v1/sets/docs/log", params={"after": 0, "wait": bad}).status_code == 400
+        with ThreadPoolExecutor(1) as pool:
+            started = time.monotonic()
+            poll = pool.submit(api.get, "/api/v1/sets/docs/log", params={"after": 0, "wait": 50})
+            time.sleep(0.5)
+            env.backup_json("docs")
+            answer = poll.result()
+            assert answer.json() == {"head": 1, "seqs": [1]} and time.monotonic() - started < 30
+            # a poll still waiting when the server is told to stop does not hold it up
+            pending = pool.submit(api.get, "/api/v1/sets/docs/log", params={"after": 1, "wait": 60})
+            time.sleep(0.5)
+            stopping = time.monotonic()
+            assert srv.stop() == 0
+            assert time.monotonic() - stopping < 15
+            assert pending.result().json()["head"] == 1
+    finally:
+        srv.stop()

@@ -56,7 +56,8 @@ def serve(root, listen: str, plain_http: bool = False, lease_seconds: float = LE
     if plain_http and not is_loopback(host):
         raise UsageError("--plain-http is only allowed on a loopback address.",
                          "Passwords and data would cross the network in the clear; serve TLS instead.")
-    server = wsgi.Server((host, port), ApiApp(root, sets=SetStore(root, lease_seconds)), numthreads=WORKERS, timeout=SOCKET_TIMEOUT,
+    sets = SetStore(root, lease_seconds)
+    server = wsgi.Server((host, port), ApiApp(root, sets=sets), numthreads=WORKERS, timeout=SOCKET_TIMEOUT,
                          server_name="ironcore")
     if not plain_http:
         server.ssl_adapter = BuiltinSSLAdapter(root.cert_path, root.key_path)
@@ -69,6 +70,7 @@ def serve(root, listen: str, plain_http: bool = False, lease_seconds: float = LE
 
     def stop(signum, frame):
         logger.info("signal %s: stopping after the requests in progress", signum)
+        sets.shutdown()
         threading.Thread(target=server.stop, daemon=True).start()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -5,6 +5,7 @@ SHA-256 name and declared length), then uploads the commit that names them.
 A restore, or a client catching up, reads the commit log, pack indexes and
 byte ranges of packs. Every route works on the caller's own account only; no
 route removes a snapshot or a pack."""
+import math
 import os
 
 from werkzeug.routing import Rule
@@ -200,9 +201,12 @@ class SyncApi:
         """Commit numbers after `after`; with `wait` seconds, a long poll for the next one."""
         try:
             after = int(request.args.get("after", 0))
-            wait = min(float(request.args.get("wait", 0)), LONG_POLL_MAX)
+            wait = float(request.args.get("wait", 0))
         except ValueError:
-            raise UsageError("after and wait are numbers.") from None
+            wait = math.nan
+        if not (math.isfinite(wait) and wait >= 0 and after >= 0):
+            raise UsageError(f"after is a commit number and wait a number of seconds (0 to {LONG_POLL_MAX:.0f}).")
+        wait = min(wait, LONG_POLL_MAX)
         head = self.sets.wait_for_commit(account["name"], set_name, after, wait)
         return json_response({"head": head, "seqs": list(range(after + 1, head + 1))})
 

@@ -100,6 +100,7 @@ class SetStore:
         self._set_locks: dict[tuple, threading.Condition] = {}
         self._volumes: dict[tuple, Volume] = {}
         self._usage: dict[str, int] = {}
+        self._closing = False
 
     # --- places --------------------------------------------------------------------
     def set_dir(self, account: str, name: str) -> str:
@@ -436,6 +437,15 @@ class SetStore:
             while True:
                 head = (vol.seqs() or [0])[-1]
                 left = deadline - time.monotonic()
-                if head > after or left <= 0:
+                if head > after or left <= 0 or self._closing:
                     return head
                 cond.wait(min(left, 5.0))   # also notices commits made by another process
+
+    def shutdown(self) -> None:
+        """Answer every waiting long poll now, so the server can stop without waiting them out."""
+        self._closing = True
+        with self._lock:
+            conds = list(self._set_locks.values())
+        for cond in conds:
+            with cond:
+                cond.notify_all()
