@@ -33,7 +33,7 @@ def commit_name(seq: int) -> str:
 def list_seqs(log_dir: str) -> list[int]:
     seqs = []
     for name in os.listdir(log_dir):
-        m = COMMIT_RE.match(name)
+        m = COMMIT_RE.fullmatch(name)
         if m:
             seqs.append(int(m.group(1)))
     return sorted(seqs)

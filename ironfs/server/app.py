@@ -116,8 +116,8 @@ class ApiApp:
             raise UsageError("The request body is too large.")
         try:
             data = json.loads(request.get_data(cache=False) or b"{}")
-        except ValueError:
-            raise UsageError("The request body is not JSON.") from None
+        except (ValueError, RecursionError):
+            raise UsageError("The request body is not JSON (or nests too deeply).") from None
         if not isinstance(data, dict):
             raise UsageError("The request body must be a JSON object.")
         return data

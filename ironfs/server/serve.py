@@ -21,6 +21,7 @@ LOG_BYTES = 10 << 20    # the server log rotates at this size, keeping LOG_KEEP 
 LOG_KEEP = 5
 WORKERS = 32            # slow clients hold a worker each; enough that they cannot starve the rest
 SOCKET_TIMEOUT = 30     # seconds a client may stay silent mid-request
+MAX_HEADER_BYTES = 64 * 1024   # request line and headers; more is answered 413
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -59,6 +60,7 @@ def serve(root, listen: str, plain_http: bool = False, lease_seconds: float = LE
     sets = SetStore(root, lease_seconds)
     server = wsgi.Server((host, port), ApiApp(root, sets=sets), numthreads=WORKERS, timeout=SOCKET_TIMEOUT,
                          server_name="ironcore")
+    server.max_request_header_size = MAX_HEADER_BYTES
     if not plain_http:
         server.ssl_adapter = BuiltinSSLAdapter(root.cert_path, root.key_path)
     server.prepare()

@@ -30,7 +30,7 @@ def declared_length(request: Request) -> int:
 
 
 def pack_name(name: str) -> str:
-    if not PACK_NAME_RE.match(name):
+    if not PACK_NAME_RE.fullmatch(name):
         raise UsageError(f"{name!r} is not a pack name.")
     return name
 

@@ -40,7 +40,7 @@ class AuthFailed(IroncoreError):
 
 
 def check_account_name(name: str) -> str:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise UsageError(f"{name!r} is not a valid account name.",
                          "Use lower-case letters, digits, '.', '_' and '-' (at most 64), starting with a letter or digit.")
     return name

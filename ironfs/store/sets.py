@@ -48,7 +48,7 @@ class LeaseLost(IroncoreError):
 
 
 def check_set_name(name: str) -> str:
-    if not SET_NAME_RE.match(name or ""):
+    if not SET_NAME_RE.fullmatch(name or ""):
         raise UsageError(f"{name!r} is not a valid set name.",
                          "Use letters, digits, '.', '_' and '-', starting with a letter or digit.")
     return name
@@ -147,7 +147,7 @@ class SetStore:
         folder = self.root.account_dir(account)
         if not os.path.isdir(folder):
             return []
-        return sorted(n for n in os.listdir(folder) if SET_NAME_RE.match(n)
+        return sorted(n for n in os.listdir(folder) if SET_NAME_RE.fullmatch(n)
                       and os.path.isfile(os.path.join(folder, n, "set.json")))
 
     def create(self, account: str, name: str, settings: dict, volume_config: dict) -> dict:
@@ -253,12 +253,14 @@ class SetStore:
         return lease
 
     def renew_lease(self, account: str, name: str, lease_id: str) -> None:
+        self.require(account, name)
         with self._cond(account, name):
             lease = self._check_lease(account, name, lease_id)
             lease["expires"] = time.time() + self.lease_seconds
             self._save_lease(account, name, lease)
 
     def release_lease(self, account: str, name: str, lease_id: str) -> None:
+        self.require(account, name)
         with self._cond(account, name):
             self._check_lease(account, name, lease_id)
             os.unlink(self._lease_path(account, name))
@@ -313,7 +315,7 @@ class SetStore:
                      quota: int | None) -> bool:
         """Store an uploaded pack if it hashes to its name and its index reads; False if
         it was there already."""
-        if not PACK_NAME_RE.match(pack_name):
+        if not PACK_NAME_RE.fullmatch(pack_name):
             raise UsageError(f"{pack_name!r} is not a pack name (64 hex digits).")
         vol = self.volume(account, name)
         final = vol.pack_path(pack_name)
