@@ -24,7 +24,7 @@ from client.remote import ServerClient, ServerError
 from ironfs.errors import CorruptData, IroncoreError, VolumeBusy
 from ironfs.format import log as commitlog, pack as packfmt
 from ironfs.format.fsutil import publish, tmp_name, write_atomic
-from ironfs.format.volume import Volume, VolumeWriter
+from ironfs.format.volume import ReadShape, Volume, VolumeWriter
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ LEASE_HEADER = "Ironcore-Lease"
 
 
 class RemoteVolume(Volume):
+    read_shape = ReadShape(files=64, blobs=32, workers=4)
+
     def __init__(self, server: ServerClient, set_name: str, info: dict | None = None):
         self.server, self.set_name = server, set_name
         self.info = info or server.call("GET", self.api("")).json()

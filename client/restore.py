@@ -18,11 +18,9 @@ from ironfs.format.content import ContentHasher
 
 logger = logging.getLogger(__name__)
 
-PREFETCH = 16           # blobs of a large file read as one group
 GROUPS_AHEAD = 3
 SMALL_FILE = 4 << 20    # files up to this size are restored whole by a worker thread
 FILES_IN_FLIGHT = 8     # jobs queued at once
-FILE_BATCH = 16         # small files per job (up to 4 MiB of data): fewer hand-offs between threads
 
 
 class BlobCache:
@@ -57,7 +55,7 @@ class Restore:
         self.target = os.path.abspath(target)
         self.progress = progress
         self.cache = BlobCache()
-        workers = threads or os.cpu_count() or 2
+        workers = threads or max(os.cpu_count() or 2, volume.read_shape.workers)
         self.pool = ThreadPoolExecutor(workers)         # blob prefetch for large files
         self.file_pool = ThreadPoolExecutor(workers)    # small files, each whole on one worker
         self.is_root = os.geteuid() == 0
@@ -135,7 +133,7 @@ class Restore:
                 if entry.kind == "f" and entry.size <= SMALL_FILE and safe_name(entry.name):
                     batch.append((entry, rel))
                     batch_bytes += entry.size
-                    if len(batch) >= FILE_BATCH or batch_bytes >= SMALL_FILE:
+                    if len(batch) >= self.volume.read_shape.files or batch_bytes >= SMALL_FILE:
                         submit()
                 else:
                     self._restore_entry(dir_fd, entry, rel, fresh)
@@ -257,7 +255,8 @@ class Restore:
             if blob is not None and blob not in seen:
                 seen.add(blob)
                 order.append(blob)
-        groups = deque(order[i:i + PREFETCH] for i in range(0, len(order), PREFETCH))
+        step = self.volume.read_shape.blobs
+        groups = deque(order[i:i + step] for i in range(0, len(order), step))
         futures = deque()
         failed = {}
 

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from ironfs.errors import (CorruptData, DiskFull, IroncoreError, MissingData, VolumeBusy, VolumeFormatError,
                            WrongSecret)
@@ -38,6 +39,17 @@ SPAN_GAP = 256 * 1024           # read_blobs reads across gaps this small rather
 SPAN_MAX = 4 * 1024 * 1024      # and at most this much at once
 
 
+@dataclass(frozen=True)
+class ReadShape:
+    """How readers should batch their reads of a volume: small files per job
+    (fewer hand-offs between threads), blobs of a large file per group, and at
+    least this many reader threads. A remote volume wants bigger, more
+    concurrent reads, as each costs a round trip."""
+    files: int = 16
+    blobs: int = 16
+    workers: int = 2
+
+
 def is_volume(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "volume.json"))
 
@@ -45,6 +57,8 @@ def is_volume(path: str) -> bool:
 class Volume:
     """An opened volume folder. `unlock()` gives access to contents; names, sizes
     and the catalog are readable without a key (the server's view)."""
+
+    read_shape = ReadShape()
 
     def __init__(self, root: str):
         self.root = os.path.abspath(root)

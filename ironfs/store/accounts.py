@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS tokens(
     created_ns INTEGER NOT NULL, last_used_ns INTEGER, revoked_ns INTEGER);
 """
 TOKEN_PREFIX = "ic1"
+LAST_USED_STEP_NS = 60 * 10**9
 
 
 class AccountExists(IroncoreError):
@@ -139,7 +140,9 @@ class AccountStore:
         if row is None or not hmac.compare_digest(row[1], hashlib.sha256(parts[2].encode()).digest()):
             raise AuthFailed("This machine's login is not valid (revoked or unknown).",
                              "Log in again with 'ironcore login'.")
-        self.db.execute("UPDATE tokens SET last_used_ns=? WHERE id=?", (time.time_ns(), parts[1]))
+        now = time.time_ns()   # "last used" to the minute: not a database write per request
+        self.db.execute("UPDATE tokens SET last_used_ns=? WHERE id=? AND (last_used_ns IS NULL OR last_used_ns < ?)",
+                        (now, parts[1], now - LAST_USED_STEP_NS))
         account = self.get(row[0])
         account["role"] = row[2]
         return account
