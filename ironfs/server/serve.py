@@ -13,6 +13,7 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from ironfs.errors import UsageError
 from ironfs.server.app import ApiApp
+from ironfs.server.dav import dav_app
 from ironfs.store.sets import LEASE_SECONDS, SetStore
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,9 @@ def serve(root, listen: str, plain_http: bool = False, lease_seconds: float = LE
         raise UsageError("--plain-http is only allowed on a loopback address.",
                          "Passwords and data would cross the network in the clear; serve TLS instead.")
     sets = SetStore(root, lease_seconds)
-    server = wsgi.Server((host, port), ApiApp(root, sets=sets), numthreads=WORKERS, timeout=SOCKET_TIMEOUT,
+    api = ApiApp(root, sets=sets)
+    app = wsgi.PathInfoDispatcher({"/dav": dav_app(root, sets, api.auth.limiter), "/": api})
+    server = wsgi.Server((host, port), app, numthreads=WORKERS, timeout=SOCKET_TIMEOUT,
                          server_name="ironcore")
     server.max_request_header_size = MAX_HEADER_BYTES
     if not plain_http:

@@ -1,0 +1,345 @@
+"""WebDAV under /dav/: every set of the logged-in account, read-only.
+
+    /dav/<set>/latest/...                          the newest snapshot
+    /dav/<set>/snapshots/<YYYY-MM-DDTHH-MM-SSZ>/... any snapshot, by its UTC name
+
+wsgidav speaks the protocol; this module gives it a provider over the
+catalogs and an authenticator over the account store. The account password
+(HTTP Basic, over TLS) opens each set's `login` key slot; the opened keys and
+the password stay in memory, per login, for SESSION_SECONDS. A set with only a
+private key lists names and sizes, and its file contents are refused with a
+message that says how to restore them. The provider itself is read-only, with
+no lock manager and no property store: wsgidav then advertises DAV class 1 and
+answers every write with 403."""
+import hashlib
+import io
+import logging
+import mimetypes
+import os
+import threading
+import time
+from collections import OrderedDict
+
+from wsgidav.dav_error import HTTP_FORBIDDEN, DAVError
+from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider
+from wsgidav.dc.base_dc import BaseDomainController
+from wsgidav.wsgidav_app import WsgiDAVApp
+
+from ironfs.errors import CorruptData, IroncoreError, MissingData, WrongSecret
+from ironfs.format import crypto
+from ironfs.format.catalog import ROOT
+from ironfs.format.reader import ContentReader
+from ironfs.format.snapshots import snapshot_name
+from ironfs.server.auth import TooManyFailures
+from ironfs.store.accounts import AuthFailed
+
+logger = logging.getLogger(__name__)
+
+SESSION_SECONDS = 600   # a login's opened keys live this long after it was checked
+MAX_SESSIONS = 1000
+REALM = "ironcore"
+
+
+class Session:
+    """One account logged in with one password: the set keys it opened."""
+
+    def __init__(self, account: str, password: str):
+        self.account, self.password = account, password
+        self.expires = time.monotonic() + SESSION_SECONDS
+        self.keys: dict[str, crypto.MasterKey | None] = {}
+        self.lock = threading.Lock()
+
+    def key_for(self, set_name: str, volume) -> crypto.MasterKey | None:
+        """The set's key if the password opens its login slot (None for a private-key set)."""
+        with self.lock:
+            if set_name not in self.keys:
+                slots = [s for s in volume.config["slots"] if s["name"] == "login"]
+                try:
+                    master, _ = crypto.open_slots(slots, self.password.encode(), volume.id) if slots else (None, None)
+                except WrongSecret:
+                    master = None
+                self.keys[set_name] = crypto.MasterKey(master) if master else None
+            return self.keys[set_name]
+
+
+class Sessions:
+    """Checked logins by (account, SHA-256 of name and password), bounded in time and number,
+    so a file manager's hundreds of requests cost one argon2 check, not hundreds."""
+
+    def __init__(self, root, limiter):
+        self.root, self.limiter = root, limiter
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def login(self, name: str, password: str, address: str) -> Session | None:
+        tag = hashlib.sha256(f"{name}\0{password}".encode()).hexdigest()
+        now = time.monotonic()
+        with self._lock:
+            session = self._sessions.get(tag)
+            if session is not None and session.expires > now:
+                return session
+        keys = ("addr:" + address, "account:" + name)
+        try:
+            self.limiter.check(*keys)
+            self.root.accounts.authenticate(name, password)
+        except AuthFailed:
+            self.limiter.failed(*keys)
+            logger.info("event=dav-login-failed account=%r client=%s", name, address)
+            return None
+        except TooManyFailures:
+            logger.info("event=dav-login-limited account=%r client=%s", name, address)
+            return None
+        session = Session(name, password)
+        with self._lock:
+            self._sessions[tag] = session
+            while self._sessions and (len(self._sessions) > MAX_SESSIONS
+                                      or next(iter(self._sessions.values())).expires <= now):
+                self._sessions.popitem(last=False)   # oldest first: they also expire first
+        return session
+
+
+def domain_controller(sessions: Sessions):
+    """A wsgidav domain controller class bound to our account store."""
+
+    class AccountDomainController(BaseDomainController):
+        def get_domain_realm(self, path_info, environ):
+            return REALM
+
+        def require_authentication(self, realm, environ):
+            return True
+
+        def supports_http_digest_auth(self):
+            return False   # digest needs the password in the clear on the server; we keep only argon2id hashes
+
+        def basic_auth_user(self, realm, user_name, password, environ):
+            session = sessions.login(user_name, password, environ.get("REMOTE_ADDR", "?"))
+            if session is None:
+                return False
+            environ["ironcore.session"] = session
+            return True
+
+    return AccountDomainController
+
+
+def decode_name(name: bytes) -> str:
+    return os.fsdecode(name)
+
+
+def encode_name(name: str) -> bytes:
+    return os.fsencode(name)
+
+
+class View:
+    """What one request sees of one set: its volume, the session's key for it, and a snapshot."""
+
+    def __init__(self, provider, environ, set_name: str):
+        self.session: Session = environ["ironcore.session"]
+        self.set_name = set_name
+        self.volume = provider.sets.volume(self.session.account, set_name)
+        self.catalog = self.volume.refresh()
+
+    def snapshot_names(self) -> dict[str, int]:
+        """UTC name -> seq; a second snapshot in the same second gets its number appended."""
+        names: dict[str, int] = {}
+        for snap in self.catalog.snapshots():
+            name = snapshot_name(snap["time_ns"])
+            names[name if name not in names else f"{name}-{snap['seq']}"] = snap["seq"]
+        return names
+
+    def read_content(self, content_id: bytes, path: str):
+        key = self.session.key_for(self.set_name, self.volume)
+        if key is None:
+            raise DAVError(HTTP_FORBIDDEN, f"Set {self.set_name} is encrypted with a private key, which the server "
+                                           f"never sees. Restore it with the client: ironcore restore "
+                                           f"{self.set_name} --path ... --to DIR")
+        content = self.catalog.content(content_id)
+        if content is None:
+            raise DAVError(HTTP_FORBIDDEN, f"The data of {path} is missing from the set.")
+        return ContentReader(KeyedVolume(self.volume, key), content)
+
+
+class KeyedVolume:
+    """A shared server volume read with one session's key (the volume object itself stays keyless)."""
+
+    def __init__(self, volume, key: crypto.MasterKey):
+        self.volume = volume
+        self.sealer = crypto.BlobSealer(key)
+
+    def read_blobs(self, blob_ids) -> dict:
+        catalog = self.volume.catalog()
+        locations = catalog.blob_locations(set(blob_ids))
+        out = {}
+        for blob_id in blob_ids:
+            loc = locations.get(blob_id)
+            if loc is None:
+                out[blob_id] = MissingData(f"Blob {blob_id.hex()} is not in any sound pack.")
+                continue
+            pack, offset, length, raw_length = loc
+            try:
+                out[blob_id] = self.sealer.open(blob_id, self.volume.read_sealed(pack, offset, length), raw_length)
+            except IroncoreError as exc:
+                out[blob_id] = CorruptData(f"{exc.message} (pack {pack})")
+        return out
+
+
+# --- resources ---------------------------------------------------------------------------
+class AccountRoot(DAVCollection):
+    def get_member_names(self):
+        return self.provider.sets.names(self.environ["ironcore.session"].account)
+
+    def get_member(self, name):
+        return self.provider.get_resource_inst("/" + name, self.environ)
+
+
+class SetFolder(DAVCollection):
+    def __init__(self, path, environ, view: View):
+        super().__init__(path, environ)
+        self.view = view
+
+    def get_member_names(self):
+        return ["latest", "snapshots"] if self.view.catalog.snapshots() else ["snapshots"]
+
+    def get_member(self, name):
+        return self.provider.get_resource_inst(self.path.rstrip("/") + "/" + name, self.environ)
+
+
+class SnapshotList(DAVCollection):
+    def __init__(self, path, environ, view: View):
+        super().__init__(path, environ)
+        self.view = view
+
+    def get_member_names(self):
+        return list(self.view.snapshot_names())
+
+    def get_member(self, name):
+        return self.provider.get_resource_inst(self.path.rstrip("/") + "/" + name, self.environ)
+
+
+class Folder(DAVCollection):
+    """A folder of a snapshot (or its top)."""
+
+    def __init__(self, path, environ, view: View, seq: int, path_id: int, mtime_ns: int | None):
+        super().__init__(path, environ)
+        self.view, self.seq, self.path_id, self.mtime_ns = view, seq, path_id, mtime_ns
+
+    def get_last_modified(self):
+        return self.mtime_ns / 1e9 if self.mtime_ns else None
+
+    def _entries(self):
+        """Folders and regular files: what WebDAV can show (links and devices are left out)."""
+        for entry in self.view.catalog.iter_dir(self.path_id, self.seq):
+            if entry.kind in ("d", "f"):
+                yield entry
+
+    def get_member_names(self):
+        return [decode_name(e.name) for e in self._entries()]
+
+    def get_member_list(self):
+        base = self.path.rstrip("/")
+        return [make_entry(f"{base}/{decode_name(e.name)}", self.environ, self.view, self.seq, e)
+                for e in self._entries()]
+
+    def get_member(self, name):
+        return self.provider.get_resource_inst(self.path.rstrip("/") + "/" + name, self.environ)
+
+
+class File(DAVNonCollection):
+    def __init__(self, path, environ, view: View, seq: int, entry):
+        super().__init__(path, environ)
+        self.view, self.seq, self.entry = view, seq, entry
+
+    def get_content_length(self):
+        return self.entry.size
+
+    def get_content_type(self):
+        return mimetypes.guess_type(self.name)[0] or "application/octet-stream"
+
+    def get_last_modified(self):
+        return self.entry.mtime_ns / 1e9
+
+    def get_creation_date(self):
+        return None
+
+    def get_etag(self):
+        return (self.entry.content or b"empty").hex()[:32] + f"-{self.entry.size:x}"
+
+    def support_etag(self):
+        return True
+
+    def support_ranges(self):
+        return True
+
+    def get_content(self):
+        if not self.entry.content:
+            return io.BytesIO(b"")
+        return self.view.read_content(self.entry.content, self.path)
+
+
+def make_entry(path, environ, view, seq, entry):
+    if entry.kind == "d":
+        return Folder(path, environ, view, seq, entry.path_id, entry.mtime_ns)
+    return File(path, environ, view, seq, entry)
+
+
+class SnapshotProvider(DAVProvider):
+    def __init__(self, sets):
+        super().__init__()
+        self.sets = sets
+
+    def is_readonly(self):
+        return True
+
+    def get_resource_inst(self, path: str, environ: dict):
+        self._count_get_resource_inst += 1
+        parts = [p for p in path.split("/") if p]
+        if not parts:
+            return AccountRoot("/", environ)
+        session = environ["ironcore.session"]
+        set_name = parts[0]
+        if set_name not in self.sets.names(session.account):
+            return None
+        view = View(self, environ, set_name)
+        top = "/" + set_name
+        if len(parts) == 1:
+            return SetFolder(top, environ, view)
+        if parts[1] == "latest":
+            snaps = view.catalog.snapshots()
+            if not snaps:
+                return None
+            seq, rest, base = snaps[-1]["seq"], parts[2:], f"{top}/latest"
+        elif parts[1] == "snapshots":
+            if len(parts) == 2:
+                return SnapshotList(f"{top}/snapshots", environ, view)
+            seq = view.snapshot_names().get(parts[2])
+            if seq is None:
+                return None
+            rest, base = parts[3:], f"{top}/snapshots/{parts[2]}"
+        else:
+            return None
+        if not rest:
+            return Folder(base, environ, view, seq, ROOT, None)
+        try:
+            entry = view.catalog.lookup(b"/".join(encode_name(p) for p in rest), seq)
+        except IroncoreError:
+            return None   # a name the catalog could never hold, such as ".."
+        if entry is None or entry.kind not in ("d", "f"):
+            return None
+        return make_entry(base + "/" + "/".join(rest), environ, view, seq, entry)
+
+
+def dav_app(root, sets, limiter) -> WsgiDAVApp:
+    """The WebDAV application for mounting at /dav."""
+    sessions = Sessions(root, limiter)
+    return WsgiDAVApp({
+        "mount_path": "/dav",
+        "provider_mapping": {"/": SnapshotProvider(sets)},
+        "http_authenticator": {"domain_controller": domain_controller(sessions), "accept_basic": True,
+                               "accept_digest": False, "default_to_digest": False},
+        "lock_storage": False,
+        "property_manager": None,
+        "suppress_version_info": True,
+        "verbose": 1,
+        "logging": {"enable": False},
+        "dir_browser": {"enable": True, "response_trailer": "Ironcore", "davmount": False,
+                        "ms_sharepoint_support": False, "libre_office_support": False, "show_user": True},
+    })
