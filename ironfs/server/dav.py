@@ -23,6 +23,7 @@ from collections import OrderedDict
 from wsgidav.dav_error import HTTP_FORBIDDEN, DAVError
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider
 from wsgidav.dc.base_dc import BaseDomainController
+from wsgidav import util
 from wsgidav.wsgidav_app import WsgiDAVApp
 
 from ironfs.errors import CorruptData, IroncoreError, MissingData, WrongSecret
@@ -38,6 +39,11 @@ logger = logging.getLogger(__name__)
 SESSION_SECONDS = 600   # a login's opened keys live this long after it was checked
 MAX_SESSIONS = 1000
 REALM = "ironcore"
+MAX_BODY = 64 * 1024
+HTDOCS = os.path.join(os.path.dirname(__file__), "htdocs")   # our directory page template
+FINITE_DEPTH = (b'<?xml version="1.0" encoding="utf-8"?>\n'
+                b'<D:error xmlns:D="DAV:"><D:propfind-finite-depth/></D:error>\n')
+SEND_BLOCK = 256 * 1024   # GET bodies go out in pieces this big (wsgidav's default 8 KiB costs a call each)
 
 
 class Session:
@@ -327,19 +333,56 @@ class SnapshotProvider(DAVProvider):
         return make_entry(base + "/" + "/".join(rest), environ, view, seq, entry)
 
 
-def dav_app(root, sets, limiter) -> WsgiDAVApp:
+def guarded(app):
+    """Limits stock wsgidav does not set: no request body over MAX_BODY (a read-only
+    share needs none bigger than a PROPFIND), no chunked bodies, and no PROPFIND of
+    unbounded depth (RFC 4918 9.1: absent Depth means infinity)."""
+    def guard(environ, start_response):
+        def refuse(status: str, text: str, body: bytes | None = None):
+            payload = body or (text + "\n").encode()
+            kind = "application/xml; charset=utf-8" if body else "text/plain; charset=utf-8"
+            start_response(status, [("Content-Type", kind), ("Content-Length", str(len(payload)))])
+            return [payload]
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            return refuse("411 Length Required", "Request bodies must declare their length.")
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return refuse("400 Bad Request", "Content-Length is not a number.")
+        if length > MAX_BODY:
+            return refuse("413 Content Too Large", f"Request bodies here are at most {MAX_BODY} bytes.")
+        if environ["REQUEST_METHOD"] == "PROPFIND" and environ.get("HTTP_DEPTH", "infinity").lower() == "infinity":
+            return refuse("403 Forbidden", "", FINITE_DEPTH)
+        return app(environ, start_response)
+
+    def logged(environ, start_response):
+        """The access log, as for the API: never headers or bodies, so never a password."""
+        started = time.monotonic()
+
+        def start(status, headers, exc_info=None):
+            logger.info("event=request method=%s endpoint=dav status=%s client=%s ms=%.1f",
+                        environ["REQUEST_METHOD"], status.split(" ", 1)[0], environ.get("REMOTE_ADDR"),
+                        (time.monotonic() - started) * 1000)
+            return start_response(status, headers, exc_info)
+        return guard(environ, start)
+    return logged
+
+
+def dav_app(root, sets, limiter):
     """The WebDAV application for mounting at /dav."""
+    util.public_wsgidav_info = "Ironcore"   # error pages name no library version
     sessions = Sessions(root, limiter)
-    return WsgiDAVApp({
+    return guarded(WsgiDAVApp({
         "mount_path": "/dav",
         "provider_mapping": {"/": SnapshotProvider(sets)},
         "http_authenticator": {"domain_controller": domain_controller(sessions), "accept_basic": True,
                                "accept_digest": False, "default_to_digest": False},
+        "block_size": SEND_BLOCK,
         "lock_storage": False,
         "property_manager": None,
         "suppress_version_info": True,
         "verbose": 1,
         "logging": {"enable": False},
-        "dir_browser": {"enable": True, "response_trailer": "Ironcore", "davmount": False,
+        "dir_browser": {"enable": True, "htdocs_path": HTDOCS, "response_trailer": False, "davmount": False,
                         "ms_sharepoint_support": False, "libre_office_support": False, "show_user": True},
-    })
+    }))
