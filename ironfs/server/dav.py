@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 SESSION_SECONDS = 600   # a login's opened keys live this long after it was checked
 MAX_SESSIONS = 1000
 REALM = "ironcore"
+ADMIN_VIEW = "@accounts"   # an admin's view of every account, when ironfs.json allows it (not a valid set name)
 MAX_BODY = 64 * 1024
 HTDOCS = os.path.join(os.path.dirname(__file__), "htdocs")   # our directory page template
 FINITE_DEPTH = (b'<?xml version="1.0" encoding="utf-8"?>\n'
@@ -55,8 +56,11 @@ class Session:
         self.keys: dict[str, crypto.MasterKey | None] = {}
         self.lock = threading.Lock()
 
-    def key_for(self, set_name: str, volume) -> crypto.MasterKey | None:
-        """The set's key if the password opens its login slot (None for a private-key set)."""
+    def key_for(self, owner: str, set_name: str, volume) -> crypto.MasterKey | None:
+        """The set's key if the password opens its login slot (None for a private-key set,
+        and for another account's set that an admin looks at)."""
+        if owner != self.account:
+            return None
         with self.lock:
             if set_name not in self.keys:
                 slots = [s for s in volume.config["slots"] if s["name"] == "login"]
@@ -138,10 +142,10 @@ def encode_name(name: str) -> bytes:
 class View:
     """What one request sees of one set: its volume, the session's key for it, and a snapshot."""
 
-    def __init__(self, provider, environ, set_name: str):
+    def __init__(self, provider, environ, owner: str, set_name: str):
         self.session: Session = environ["ironcore.session"]
-        self.set_name = set_name
-        self.volume = provider.sets.volume(self.session.account, set_name)
+        self.owner, self.set_name = owner, set_name
+        self.volume = provider.sets.volume(owner, set_name)
         self.catalog = self.volume.refresh()
 
     def snapshot_names(self) -> dict[str, int]:
@@ -153,7 +157,10 @@ class View:
         return names
 
     def read_content(self, content_id: bytes, path: str):
-        key = self.session.key_for(self.set_name, self.volume)
+        key = self.session.key_for(self.owner, self.set_name, self.volume)
+        if key is None and self.owner != self.session.account:
+            raise DAVError(HTTP_FORBIDDEN, f"Set {self.set_name} belongs to {self.owner}: its contents open only "
+                                           f"with {self.owner}'s own login.")
         if key is None:
             raise DAVError(HTTP_FORBIDDEN, f"Set {self.set_name} is encrypted with a private key, which the server "
                                            f"never sees. Restore it with the client: ironcore restore "
@@ -190,11 +197,37 @@ class KeyedVolume:
 
 # --- resources ---------------------------------------------------------------------------
 class AccountRoot(DAVCollection):
+    """The account's sets; for an admin, when the server allows it, also ADMIN_VIEW."""
+
     def get_member_names(self):
-        return self.provider.sets.names(self.environ["ironcore.session"].account)
+        session = self.environ["ironcore.session"]
+        names = self.provider.sets.names(session.account)
+        return names + [ADMIN_VIEW] if self.provider.admin_view_for(session) else names
 
     def get_member(self, name):
         return self.provider.get_resource_inst("/" + name, self.environ)
+
+
+class AccountList(DAVCollection):
+    """Every account, for an admin (names and sizes only: their keys stay closed)."""
+
+    def get_member_names(self):
+        return [a["name"] for a in self.provider.root.accounts.list()]
+
+    def get_member(self, name):
+        return self.provider.get_resource_inst(f"/{ADMIN_VIEW}/{name}", self.environ)
+
+
+class OwnerSets(DAVCollection):
+    def __init__(self, path, environ, owner: str):
+        super().__init__(path, environ)
+        self.owner = owner
+
+    def get_member_names(self):
+        return self.provider.sets.names(self.owner)
+
+    def get_member(self, name):
+        return self.provider.get_resource_inst(f"{self.path.rstrip('/')}/{name}", self.environ)
 
 
 class SetFolder(DAVCollection):
@@ -288,12 +321,16 @@ def make_entry(path, environ, view, seq, entry):
 
 
 class SnapshotProvider(DAVProvider):
-    def __init__(self, sets):
+    def __init__(self, root, sets):
         super().__init__()
-        self.sets = sets
+        self.root, self.sets = root, sets
 
     def is_readonly(self):
         return True
+
+    def admin_view_for(self, session: Session) -> bool:
+        return bool(self.root.settings.get("admin_sees_all_accounts")) and self.root.accounts.get(
+            session.account)["admin"]
 
     def get_resource_inst(self, path: str, environ: dict):
         self._count_get_resource_inst += 1
@@ -301,11 +338,20 @@ class SnapshotProvider(DAVProvider):
         if not parts:
             return AccountRoot("/", environ)
         session = environ["ironcore.session"]
+        owner, top = session.account, ""
+        if parts[0] == ADMIN_VIEW and self.admin_view_for(session):
+            if len(parts) == 1:
+                return AccountList("/" + ADMIN_VIEW, environ)
+            owner, top, parts = parts[1], f"/{ADMIN_VIEW}/{parts[1]}", parts[2:]
+            if owner not in {a["name"] for a in self.root.accounts.list()}:
+                return None
+            if not parts:
+                return OwnerSets(top, environ, owner)
         set_name = parts[0]
-        if set_name not in self.sets.names(session.account):
+        if set_name not in self.sets.names(owner):
             return None
-        view = View(self, environ, set_name)
-        top = "/" + set_name
+        view = View(self, environ, owner, set_name)
+        top = f"{top}/{set_name}"
         if len(parts) == 1:
             return SetFolder(top, environ, view)
         if parts[1] == "latest":
@@ -374,7 +420,7 @@ def dav_app(root, sets, limiter):
     sessions = Sessions(root, limiter)
     return guarded(WsgiDAVApp({
         "mount_path": "/dav",
-        "provider_mapping": {"/": SnapshotProvider(sets)},
+        "provider_mapping": {"/": SnapshotProvider(root, sets)},
         "http_authenticator": {"domain_controller": domain_controller(sessions), "accept_basic": True,
                                "accept_digest": False, "default_to_digest": False},
         "block_size": SEND_BLOCK,
