@@ -16,6 +16,7 @@ import io
 import logging
 import mimetypes
 import os
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -23,6 +24,11 @@ from collections import OrderedDict
 from wsgidav.dav_error import HTTP_FORBIDDEN, DAVError
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider
 from wsgidav.dc.base_dc import BaseDomainController
+from wsgidav.dir_browser import WsgiDavDirBrowser
+from wsgidav.error_printer import ErrorPrinter
+from wsgidav.http_authenticator import HTTPAuthenticator
+from wsgidav.mw.base_mw import BaseMiddleware
+from wsgidav.request_resolver import RequestResolver
 from wsgidav import util
 from wsgidav.wsgidav_app import WsgiDAVApp
 
@@ -44,6 +50,7 @@ MAX_BODY = 64 * 1024
 HTDOCS = os.path.join(os.path.dirname(__file__), "htdocs")   # our directory page template
 FINITE_DEPTH = (b'<?xml version="1.0" encoding="utf-8"?>\n'
                 b'<D:error xmlns:D="DAV:"><D:propfind-finite-depth/></D:error>\n')
+MAX_RANGES = 64
 SEND_BLOCK = 256 * 1024   # GET bodies go out in pieces this big (wsgidav's default 8 KiB costs a call each)
 
 
@@ -379,6 +386,60 @@ class SnapshotProvider(DAVProvider):
         return make_entry(base + "/" + "/".join(rest), environ, view, seq, entry)
 
 
+class MultiRange(BaseMiddleware):
+    """GET with several ranges answered as multipart/byteranges (RFC 9110 14.6);
+    stock wsgidav sends only the first range. At most MAX_RANGES parts; more (after
+    overlapping ones are merged) get the whole file, as the RFC allows."""
+
+    def __call__(self, environ, start_response):
+        header = environ.get("HTTP_RANGE", "")
+        provider = environ.get("wsgidav.provider")
+        if environ["REQUEST_METHOD"] != "GET" or "," not in header or provider is None \
+                or environ.get("HTTP_IF_RANGE"):
+            return self.next_app(environ, start_response)
+        res = provider.get_resource_inst(environ["PATH_INFO"], environ)
+        if not isinstance(res, File):
+            return self.next_app(environ, start_response)
+        size = res.get_content_length()
+        try:
+            ranges, _ = util.obtain_content_ranges(header, size)
+        except DAVError:
+            return self.next_app(environ, start_response)   # wsgidav answers 416
+        ranges.sort()
+        if len(ranges) < 2 or len(ranges) > MAX_RANGES:
+            if len(ranges) > MAX_RANGES:
+                del environ["HTTP_RANGE"]
+            return self.next_app(environ, start_response)
+        boundary = secrets.token_hex(16)
+        kind = res.get_content_type()
+        heads = [(f"--{boundary}\r\nContent-Type: {kind}\r\nContent-Range: bytes {a}-{b}/{size}\r\n\r\n").encode()
+                 for a, b, _ in ranges]
+        closing = f"--{boundary}--\r\n".encode()
+        length = sum(len(h) + n + 2 for h, (_, _, n) in zip(heads, ranges)) + len(closing)
+        start_response("206 Partial Content", [
+            ("Content-Type", f"multipart/byteranges; boundary={boundary}"), ("Content-Length", str(length)),
+            ("ETag", f'"{res.get_etag()}"'), ("Last-Modified", util.get_rfc1123_time(res.get_last_modified())),
+            ("Accept-Ranges", "bytes")])
+
+        def body():
+            reader = res.get_content()
+            try:
+                for head, (start, _, left) in zip(heads, ranges):
+                    yield head
+                    reader.seek(start)
+                    while left:
+                        piece = reader.read(min(left, SEND_BLOCK))
+                        if not piece:
+                            raise OSError(f"{res.path} ended early")
+                        left -= len(piece)
+                        yield piece
+                    yield b"\r\n"
+                yield closing
+            finally:
+                reader.close()
+        return body()
+
+
 def guarded(app):
     """Limits stock wsgidav does not set: no request body over MAX_BODY (a read-only
     share needs none bigger than a PROPFIND), no chunked bodies, and no PROPFIND of
@@ -424,6 +485,7 @@ def dav_app(root, sets, limiter):
         "http_authenticator": {"domain_controller": domain_controller(sessions), "accept_basic": True,
                                "accept_digest": False, "default_to_digest": False},
         "block_size": SEND_BLOCK,
+        "middleware_stack": [ErrorPrinter, HTTPAuthenticator, WsgiDavDirBrowser, MultiRange, RequestResolver],
         "lock_storage": False,
         "property_manager": None,
         "suppress_version_info": True,
