@@ -481,3 +481,23 @@ def test_metrics_count_commits_and_usage(env, server, tmp_path):
     assert int(usage.group(1)) == on_disk
     assert re.search(r'^ironfs_requests_total\{endpoint="put_commit",status="201"\} [1-9]', text, re.M), text
     assert "alice pw" not in text and ADMIN_PW not in text
+
+
+def test_silent_and_slow_clients_do_not_stall_the_others(server):
+    """Connections that never start TLS, and a hundred that trickle their headers
+    (slowloris), leave the server answering everyone else at once."""
+    import time
+    silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(50)]
+    ctx = tls(server)
+    slow = []
+    for _ in range(100):
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.port)), server_hostname="localhost")
+        s.sendall(b"GET /api/v1/whoami HTTP/1.1\r\nHost: 127.0.0.1\r\n")   # and never the blank line
+        slow.append(s)
+    try:
+        started = time.monotonic()
+        assert_alive(server)
+        assert time.monotonic() - started < 5
+    finally:
+        for s in silent + slow:
+            s.close()

@@ -6,6 +6,8 @@ import logging
 import logging.handlers
 import os
 import signal
+import ssl
+import sys
 import threading
 
 from cheroot import wsgi
@@ -20,9 +22,30 @@ logger = logging.getLogger(__name__)
 
 LOG_BYTES = 10 << 20    # the server log rotates at this size, keeping LOG_KEEP old files
 LOG_KEEP = 5
-WORKERS = 32            # slow clients hold a worker each; enough that they cannot starve the rest
-SOCKET_TIMEOUT = 30     # seconds a client may stay silent mid-request
+WORKERS = 128           # a slow client holds a worker; enough that a few hundred cannot starve the rest
+SOCKET_TIMEOUT = 20     # seconds a client may stay silent mid-request
 MAX_HEADER_BYTES = 64 * 1024   # request line and headers; more is answered 413
+
+
+class WorkerHandshakeTLS(BuiltinSSLAdapter):
+    """TLS whose handshake runs in the worker that serves the connection. cheroot's
+    adapter shakes hands in its one accepting thread, so a client that connects and
+    stays silent stops every new connection for the socket timeout; here such a
+    client never becomes readable and costs nothing."""
+
+    def wrap(self, sock):
+        return self.context.wrap_socket(sock, do_handshake_on_connect=False, server_side=True), \
+            {"wsgi.url_scheme": "https", "HTTPS": "on"}
+
+
+def connection_log(msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
+    """cheroot's connection-level messages (dropped handshakes, plain HTTP on the TLS
+    port) into the server log as one line each; a traceback only for a real failure."""
+    exc = sys.exc_info()[1]
+    if isinstance(exc, (ssl.SSLError, ConnectionError, TimeoutError)):
+        logger.info("event=connection-dropped reason=%r", str(exc))
+        return
+    logger.log(level, "event=http-server %s", msg.strip(), exc_info=traceback)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -64,8 +87,9 @@ def serve(root, listen: str, plain_http: bool = False, lease_seconds: float = LE
     server = wsgi.Server((host, port), app, numthreads=WORKERS, timeout=SOCKET_TIMEOUT,
                          server_name="ironcore")
     server.max_request_header_size = MAX_HEADER_BYTES
+    server.error_log = connection_log
     if not plain_http:
-        server.ssl_adapter = BuiltinSSLAdapter(root.cert_path, root.key_path)
+        server.ssl_adapter = WorkerHandshakeTLS(root.cert_path, root.key_path)
     server.prepare()
     bound_host, bound_port = server.bind_addr[:2]
     scheme = "http" if plain_http else "https"
