@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what Ironcore needs on a Debian machine with Python 3.11+: the system
 # packages named as arguments (plus the base ones) through apt-get when missing,
-# and the project with its Python dependencies into .venv.
+# and the project with its Python dependencies into .venv. The WebDAV clients
+# (davfs2, litmus, rclone, cadaver) are there for tests/test_dav.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=(acl attr gcc python3-venv "$@")
+need=(acl attr gcc python3-venv davfs2 litmus rclone cadaver "$@")
 missing=()
 for pkg in "${need[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -13,8 +14,10 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing system packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  # noninteractive: no prompt ever blocks (davfs2 asks whether unprivileged users
+  # may mount; its default, no, is what we want). Set through env so sudo keeps it.
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 PY=${PYTHON:-python3}

@@ -267,15 +267,18 @@ class Catalog:
                 return
             after = batch[-1].name
 
+    def child(self, parent: int, name: bytes, snapshot: int) -> Entry | None:
+        row = self.db.execute(ENTRY_SELECT + "WHERE p.parent = :p AND p.name = :n AND " + LIVE_AT,
+                              {"p": parent, "n": name, "s": snapshot}).fetchone()
+        return Entry.from_row(row) if row else None
+
     def lookup(self, path: bytes, snapshot: int) -> Entry | None:
         parent = ROOT
         entry = None
         for name in split_path(path):
-            row = self.db.execute(ENTRY_SELECT + "WHERE p.parent = :p AND p.name = :n AND " + LIVE_AT,
-                                  {"p": parent, "n": name, "s": snapshot}).fetchone()
-            if row is None:
+            entry = self.child(parent, name, snapshot)
+            if entry is None:
                 return None
-            entry = Entry.from_row(row)
             parent = entry.path_id
         return entry
 

@@ -10,7 +10,8 @@ the password stay in memory, per login, for SESSION_SECONDS. A set with only a
 private key lists names and sizes, and its file contents are refused with a
 message that says how to restore them. The provider itself is read-only, with
 no lock manager and no property store: wsgidav then advertises DAV class 1 and
-answers every write with 403."""
+answers every other method with 405."""
+import email.utils
 import hashlib
 import io
 import logging
@@ -34,7 +35,7 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 
 from ironfs.errors import CorruptData, IroncoreError, MissingData, WrongSecret
 from ironfs.format import crypto
-from ironfs.format.catalog import ROOT
+from ironfs.format.catalog import ROOT, split_path
 from ironfs.format.reader import ContentReader
 from ironfs.format.snapshots import snapshot_name
 from ironfs.server.auth import TooManyFailures
@@ -51,6 +52,7 @@ HTDOCS = os.path.join(os.path.dirname(__file__), "htdocs")   # our directory pag
 FINITE_DEPTH = (b'<?xml version="1.0" encoding="utf-8"?>\n'
                 b'<D:error xmlns:D="DAV:"><D:propfind-finite-depth/></D:error>\n')
 MAX_RANGES = 64
+READ_METHODS = ("OPTIONS", "HEAD", "GET", "PROPFIND")   # a read-only share answers nothing else
 SEND_BLOCK = 256 * 1024   # GET bodies go out in pieces this big (wsgidav's default 8 KiB costs a call each)
 
 
@@ -139,11 +141,26 @@ def domain_controller(sessions: Sessions):
 
 
 def decode_name(name: bytes) -> str:
-    return os.fsdecode(name)
+    """A stored name as WebDAV shows it: UTF-8, with each byte that is not valid
+    UTF-8 written as \\xNN, so names from other encodings stay listable and reachable."""
+    return name.decode("utf-8", "backslashreplace")
 
 
-def encode_name(name: str) -> bytes:
-    return os.fsencode(name)
+def find_entry(catalog, parts: list[str], snapshot: int):
+    """The entry a URL's path names, or None. A part holding \\x may stand for bytes
+    that are not UTF-8: then the folder is searched for the name shown that way."""
+    entry, parent = None, ROOT
+    for part in parts:
+        try:
+            entry = catalog.child(parent, split_path(part.encode("utf-8", "surrogateescape"))[0], snapshot)
+        except IroncoreError:
+            return None   # a name the catalog could never hold, such as ".."
+        if entry is None and "\\x" in part:
+            entry = next((e for e in catalog.iter_dir(parent, snapshot) if decode_name(e.name) == part), None)
+        if entry is None:
+            return None
+        parent = entry.path_id
+    return entry
 
 
 class View:
@@ -312,6 +329,11 @@ class File(DAVNonCollection):
     def support_etag(self):
         return True
 
+    def get_property_value(self, name):
+        if name == "{DAV:}getetag":   # RFC 4918 15.6: an entity-tag, quoted as in the ETag header
+            return f'"{self.get_etag()}"'
+        return super().get_property_value(name)
+
     def support_ranges(self):
         return True
 
@@ -377,28 +399,54 @@ class SnapshotProvider(DAVProvider):
             return None
         if not rest:
             return Folder(base, environ, view, seq, ROOT, None)
-        try:
-            entry = view.catalog.lookup(b"/".join(encode_name(p) for p in rest), seq)
-        except IroncoreError:
-            return None   # a name the catalog could never hold, such as ".."
+        entry = find_entry(view.catalog, rest, seq)
         if entry is None or entry.kind not in ("d", "f"):
             return None
         return make_entry(base + "/" + "/".join(rest), environ, view, seq, entry)
 
 
-class MultiRange(BaseMiddleware):
-    """GET with several ranges answered as multipart/byteranges (RFC 9110 14.6);
-    stock wsgidav sends only the first range. At most MAX_RANGES parts; more (after
-    overlapping ones are merged) get the whole file, as the RFC allows."""
+def not_modified(environ, etag: str, modified: int) -> bool:
+    """RFC 9110 13.1.2-3: If-None-Match wins over If-Modified-Since; dates compare to the second."""
+    if_none_match = environ.get("HTTP_IF_NONE_MATCH")
+    if if_none_match is not None:
+        tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+        return "*" in tags or etag in tags
+    since = parse_http_date(environ.get("HTTP_IF_MODIFIED_SINCE"))
+    return since is not None and modified <= since
+
+
+def parse_http_date(text: str | None) -> int | None:
+    if not text:
+        return None
+    try:
+        return int(email.utils.parsedate_to_datetime(text).timestamp())
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+class ReadAnswers(BaseMiddleware):
+    """GET and HEAD of a file, where stock wsgidav falls short of RFC 9110: a 304
+    carries ETag and Last-Modified and no false length, dates compare to the second,
+    If-Range is checked against the quoted ETag, and several ranges are answered as
+    multipart/byteranges (at most MAX_RANGES parts; more get the whole file)."""
 
     def __call__(self, environ, start_response):
-        header = environ.get("HTTP_RANGE", "")
         provider = environ.get("wsgidav.provider")
-        if environ["REQUEST_METHOD"] != "GET" or "," not in header or provider is None \
-                or environ.get("HTTP_IF_RANGE"):
+        if environ["REQUEST_METHOD"] not in ("GET", "HEAD") or provider is None:
             return self.next_app(environ, start_response)
         res = provider.get_resource_inst(environ["PATH_INFO"], environ)
         if not isinstance(res, File):
+            return self.next_app(environ, start_response)
+        etag, modified = f'"{res.get_etag()}"', int(res.get_last_modified())
+        validators = [("ETag", etag), ("Last-Modified", util.get_rfc1123_time(modified))]
+        if not_modified(environ, etag, modified):
+            start_response("304 Not Modified", validators)
+            return [b""]
+        if_range = environ.pop("HTTP_IF_RANGE", None)   # decided here; wsgidav compares it unquoted
+        if if_range is not None and if_range.strip() != etag and parse_http_date(if_range) != modified:
+            environ.pop("HTTP_RANGE", None)   # the file changed since: the whole of it
+        header = environ.get("HTTP_RANGE", "")
+        if environ["REQUEST_METHOD"] != "GET" or "," not in header:
             return self.next_app(environ, start_response)
         size = res.get_content_length()
         try:
@@ -418,8 +466,7 @@ class MultiRange(BaseMiddleware):
         length = sum(len(h) + n + 2 for h, (_, _, n) in zip(heads, ranges)) + len(closing)
         start_response("206 Partial Content", [
             ("Content-Type", f"multipart/byteranges; boundary={boundary}"), ("Content-Length", str(length)),
-            ("ETag", f'"{res.get_etag()}"'), ("Last-Modified", util.get_rfc1123_time(res.get_last_modified())),
-            ("Accept-Ranges", "bytes")])
+            ("Accept-Ranges", "bytes"), *validators])
 
         def body():
             reader = res.get_content()
@@ -450,6 +497,13 @@ def guarded(app):
             kind = "application/xml; charset=utf-8" if body else "text/plain; charset=utf-8"
             start_response(status, [("Content-Type", kind), ("Content-Length", str(len(payload)))])
             return [payload]
+        if environ["REQUEST_METHOD"] not in READ_METHODS:
+            start_response("405 Method Not Allowed", [("Allow", ", ".join(READ_METHODS)), ("Content-Length", "0")])
+            return [b""]
+        try:
+            environ["PATH_INFO"].encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            return refuse("400 Bad Request", "Paths here are UTF-8; names in other encodings are listed with \\xNN.")
         if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
             return refuse("411 Length Required", "Request bodies must declare their length.")
         try:
@@ -485,7 +539,7 @@ def dav_app(root, sets, limiter):
         "http_authenticator": {"domain_controller": domain_controller(sessions), "accept_basic": True,
                                "accept_digest": False, "default_to_digest": False},
         "block_size": SEND_BLOCK,
-        "middleware_stack": [ErrorPrinter, HTTPAuthenticator, WsgiDavDirBrowser, MultiRange, RequestResolver],
+        "middleware_stack": [ErrorPrinter, HTTPAuthenticator, WsgiDavDirBrowser, ReadAnswers, RequestResolver],
         "lock_storage": False,
         "property_manager": None,
         "suppress_version_info": True,
