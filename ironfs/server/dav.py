@@ -22,7 +22,7 @@ import threading
 import time
 from collections import OrderedDict
 
-from wsgidav.dav_error import HTTP_FORBIDDEN, DAVError
+from wsgidav.dav_error import HTTP_FORBIDDEN, HTTP_INSUFFICIENT_STORAGE, DAVError
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider
 from wsgidav.dc.base_dc import BaseDomainController
 from wsgidav.dir_browser import WsgiDavDirBrowser
@@ -52,6 +52,7 @@ HTDOCS = os.path.join(os.path.dirname(__file__), "htdocs")   # our directory pag
 FINITE_DEPTH = (b'<?xml version="1.0" encoding="utf-8"?>\n'
                 b'<D:error xmlns:D="DAV:"><D:propfind-finite-depth/></D:error>\n')
 MAX_RANGES = 64
+MAX_LISTING = 250_000   # entries one PROPFIND or folder page may list (about 125 MB of XML)
 READ_METHODS = ("OPTIONS", "HEAD", "GET", "PROPFIND")   # a read-only share answers nothing else
 SEND_BLOCK = 256 * 1024   # GET bodies go out in pieces this big (wsgidav's default 8 KiB costs a call each)
 
@@ -299,8 +300,13 @@ class Folder(DAVCollection):
 
     def get_member_list(self):
         base = self.path.rstrip("/")
-        return [make_entry(f"{base}/{decode_name(e.name)}", self.environ, self.view, self.seq, e)
-                for e in self._entries()]
+        members = []
+        for e in self._entries():
+            if len(members) == MAX_LISTING:
+                raise DAVError(HTTP_INSUFFICIENT_STORAGE, f"{self.path} holds more than {MAX_LISTING} entries, more "
+                                                          "than one answer may list; restore it with the client.")
+            members.append(make_entry(f"{base}/{decode_name(e.name)}", self.environ, self.view, self.seq, e))
+        return members
 
     def get_member(self, name):
         return self.provider.get_resource_inst(self.path.rstrip("/") + "/" + name, self.environ)
