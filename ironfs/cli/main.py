@@ -5,7 +5,7 @@ import sys
 import click
 
 from ironfs.cli.edge import print_json, print_snapshots, run_cli
-from ironfs.errors import UsageError
+from ironfs.errors import IroncoreError, UsageError, WrongSecret
 from ironfs.format.verify import verify_volume
 from ironfs.format.volume import Volume, is_volume
 from ironfs.store.accounts import check_account_name
@@ -254,6 +254,65 @@ def snapshots_command(account_name, set_name, data_root, as_json):
     """List the snapshots of set SET_NAME of ACCOUNT_NAME."""
     snaps = admin_sets(data_root, account_name).volume(account_name, set_name).refresh().snapshots()
     print_snapshots(snaps, as_json)
+
+
+@cli.command()
+@click.argument("account_name")
+@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False))
+@data_root_option
+@click.option("--foreground", is_flag=True, help="Stay in the foreground (default: detach once mounted).")
+@click.option("--allow-other", is_flag=True, help="Let other users in too (the stored modes still apply).")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the account password or a set's key from standard input, to read file contents.")
+def mount(account_name, mountpoint, data_root, foreground, allow_other, password_stdin):
+    """Mount the sets of ACCOUNT_NAME read-only at MOUNTPOINT: <set>/latest and
+    <set>/snapshots/<UTC name>. Without a secret (stdin or IRONFS_PASSWORD) names
+    and sizes are shown but file contents cannot be read."""
+    import trio
+    from ironfs.fuse.snapshot_fs import SnapshotFS, run
+    from ironfs.server.serve import log_to_data_root
+    sets = admin_sets(data_root, account_name)
+    secret = None
+    if password_stdin or os.environ.get("IRONFS_PASSWORD"):
+        secret = read_password(password_stdin)
+    volumes, opened = {}, []
+    for name in sets.names(account_name):
+        volume = Volume(sets.volume_dir(account_name, name))
+        if secret is not None:
+            try:
+                volume.unlock(secret)
+                opened.append(name)
+            except WrongSecret:
+                pass
+        volumes[name] = volume
+    if secret is not None and not opened and volumes:
+        raise WrongSecret("The secret opens none of the account's sets.",
+                          "Give the account password (login key slots) or a set's private key.")
+    fs = SnapshotFS(volumes)
+    click.echo(f"Mounting {len(volumes)} sets of {account_name} at {mountpoint}"
+               + (f"; contents readable for: {', '.join(opened)}" if opened else "; names and sizes only") + ".")
+    if not foreground and os.fork() != 0:
+        wait_for_mount(mountpoint)
+        return
+    if not foreground:
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        log_to_data_root(sets.root)
+    trio.run(run, fs, os.path.abspath(mountpoint), allow_other)
+
+
+def wait_for_mount(mountpoint: str, seconds: float = 15) -> None:
+    import time
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if os.path.ismount(mountpoint):
+            click.echo(f"Mounted; unmount with 'fusermount3 -u {mountpoint}'.")
+            return
+        time.sleep(0.05)
+    raise IroncoreError(f"{mountpoint} did not come up within {seconds:.0f} s.",
+                        "Run again with --foreground to see why; logs are under the data root.")
 
 
 def main():

@@ -267,6 +267,11 @@ class Catalog:
                 return
             after = batch[-1].name
 
+    def entry(self, path_id: int, snapshot: int) -> Entry | None:
+        """A path, by its id, as it stands in a snapshot."""
+        row = self.db.execute(ENTRY_SELECT + "WHERE p.id = :id AND " + LIVE_AT, {"id": path_id, "s": snapshot}).fetchone()
+        return Entry.from_row(row) if row else None
+
     def child(self, parent: int, name: bytes, snapshot: int) -> Entry | None:
         row = self.db.execute(ENTRY_SELECT + "WHERE p.parent = :p AND p.name = :n AND " + LIVE_AT,
                               {"p": parent, "n": name, "s": snapshot}).fetchone()

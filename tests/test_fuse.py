@@ -1,0 +1,196 @@
+"""`ironfs mount`: an account's snapshots as a real FUSE mount (the tests run as
+root with /dev/fuse): contents and metadata as stored, read-only everywhere,
+new snapshots without remounting, and clean ends on SIGTERM and SIGKILL."""
+import errno
+import filecmp
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import BIN
+from serverkit import login, server  # noqa: F401 (server is a fixture)
+from test_remote import ALICE_PW, add_server_set, make_tree
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+
+
+def mounted(path) -> bool:
+    return os.path.ismount(path)
+
+
+def unmount(path) -> None:
+    if mounted(path):
+        subprocess.run(["fusermount3", "-u", str(path)], check=False)
+    if mounted(path):
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def wait_until(predicate, seconds=15) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def account_with_snapshots(env, server, tmp_path):
+    """Two snapshots of a mixed tree with an xattr, and a copy of the source at each."""
+    src = tmp_path / "src"
+    make_tree(src, random.Random(11))
+    os.setxattr(src / "docs" / "note002.txt", "user.comment", b"kept with the file")
+    login(env, server.url)
+    add_server_set(env, "docs", src)
+    env.backup_json("docs")
+    copies = {1: tmp_path / "copy1"}
+    shutil.copytree(src, copies[1], symlinks=True)
+    (src / "docs" / "note003.txt").write_bytes(b"second version\n" * 100)
+    (src / "docs" / "note004.txt").unlink()
+    (src / "new.txt").write_bytes(os.urandom(300_000))
+    env.backup_json("docs")
+    copies[2] = tmp_path / "copy2"
+    shutil.copytree(src, copies[2], symlinks=True)
+    return src, copies
+
+
+def mount_account(env, server, mnt, *extra):
+    mnt.mkdir(exist_ok=True)
+    env.ironfs("mount", "alice", mnt, "--data-root", server.root, "--password-stdin", *extra, input=ALICE_PW)
+    assert mounted(mnt)
+
+
+def test_snapshots_read_back_identical_with_their_metadata(env, server, tmp_path, account_with_snapshots):
+    src, copies = account_with_snapshots
+    mnt = tmp_path / "mnt"
+    mount_account(env, server, mnt)
+    try:
+        snaps = sorted(os.listdir(mnt / "docs" / "snapshots"))
+        assert len(snaps) == 2
+        assert os.readlink(mnt / "docs" / "latest") == f"snapshots/{snaps[-1]}"
+        for number, name in enumerate(snaps, 1):
+            top = mnt / "docs" / "snapshots" / name / str(src).lstrip("/")
+            copy = copies[number]
+            seen = 0
+            for dirpath, dirnames, filenames in os.walk(copy):
+                rel = os.path.relpath(dirpath, copy)
+                assert sorted(os.listdir(top / rel)) == sorted(dirnames + filenames), rel
+                for f in filenames:
+                    a, b = os.path.join(dirpath, f), top / rel / f
+                    sa, sb = os.lstat(a), os.lstat(b)
+                    assert (sa.st_mode, sa.st_size, sa.st_uid, sa.st_gid) == (sb.st_mode, sb.st_size, sb.st_uid,
+                                                                               sb.st_gid), b
+                    assert sa.st_mtime_ns == sb.st_mtime_ns, b
+                    if os.path.islink(a):
+                        assert os.readlink(a) == os.readlink(b)
+                    else:
+                        assert filecmp.cmp(a, b, shallow=False), b
+                        seen += 1
+            assert seen > 100
+        latest = mnt / "docs" / "latest" / str(src).lstrip("/")
+        assert os.getxattr(latest / "docs" / "note002.txt", "user.comment") == b"kept with the file"
+        # reads at random offsets and sizes match the source
+        rnd = random.Random(5)
+        data = (src / "big.bin").read_bytes()
+        fd = os.open(latest / "big.bin", os.O_RDONLY)
+        try:
+            for _ in range(200):
+                off, size = rnd.randrange(len(data)), rnd.randrange(1, 300_000)
+                assert os.pread(fd, size, off) == data[off:off + size]
+        finally:
+            os.close(fd)
+        # the tools show the same
+        out = subprocess.run(["ls", "-l", latest / "docs" / "note001.txt"], capture_output=True, text=True).stdout
+        assert out.startswith("-rw-------")
+        found = subprocess.run(["find", latest, "-type", "f"], capture_output=True, text=True).stdout.split()
+        assert len(found) == sum(len(f) for _, _, f in os.walk(copies[2])) - 1   # the symlink is not -type f
+        assert subprocess.run(["getfattr", "-n", "user.comment", latest / "docs" / "note002.txt"],
+                              capture_output=True, text=True).stdout.count("kept with the file") == 1
+        assert os.statvfs(mnt).f_namemax == 255
+    finally:
+        unmount(mnt)
+    assert not mounted(mnt)
+
+
+def test_every_write_is_refused_read_only(env, server, tmp_path, account_with_snapshots):
+    src, _ = account_with_snapshots
+    mnt = tmp_path / "mnt"
+    mount_account(env, server, mnt)
+    top = mnt / "docs" / "latest" / str(src).lstrip("/")
+    attempts = [
+        lambda: open(top / "docs" / "note000.txt", "r+b"),
+        lambda: open(top / "docs" / "note000.txt", "ab"),
+        lambda: os.open(top / "docs" / "note000.txt", os.O_RDONLY | os.O_TRUNC),
+        lambda: open(top / "created.txt", "wb"),
+        lambda: os.mkdir(top / "newdir"),
+        lambda: os.unlink(top / "docs" / "note000.txt"),
+        lambda: os.rmdir(top / "docs" / "deep"),
+        lambda: os.rename(top / "docs" / "note000.txt", top / "moved.txt"),
+        lambda: os.chmod(top / "docs" / "note000.txt", 0o777),
+        lambda: os.truncate(top / "docs" / "note000.txt", 0),
+        lambda: os.setxattr(top / "docs" / "note000.txt", "user.x", b"1"),
+        lambda: os.link(top / "docs" / "note000.txt", top / "hard"),
+        lambda: os.symlink("x", top / "sym"),
+    ]
+    try:
+        for attempt in attempts:
+            with pytest.raises(OSError) as caught:
+                attempt()
+            assert caught.value.errno == errno.EROFS, caught.value
+        assert filecmp.cmp(top / "docs" / "note000.txt", src / "docs" / "note000.txt", shallow=False)
+    finally:
+        unmount(mnt)
+
+
+def test_a_new_snapshot_appears_without_remounting(env, server, tmp_path, account_with_snapshots):
+    src, _ = account_with_snapshots
+    mnt = tmp_path / "mnt"
+    mount_account(env, server, mnt)
+    try:
+        (src / "third.txt").write_bytes(b"third snapshot\n")
+        env.backup_json("docs")
+        assert wait_until(lambda: len(os.listdir(mnt / "docs" / "snapshots")) == 3)
+        assert wait_until(lambda: (mnt / "docs" / "latest" / str(src).lstrip("/") / "third.txt").exists())
+    finally:
+        unmount(mnt)
+
+
+def test_sigterm_unmounts_and_a_killed_mount_can_be_cleaned(env, server, tmp_path, account_with_snapshots):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        proc = subprocess.Popen([BIN / "ironfs", "mount", "alice", mnt, "--data-root", server.root, "--foreground",
+                                 "--password-stdin"], stdin=subprocess.PIPE, env=env.env)
+        proc.stdin.write(ALICE_PW)
+        proc.stdin.close()
+        assert wait_until(lambda: mounted(mnt))
+        os.listdir(mnt / "docs")
+        proc.send_signal(sig)
+        proc.wait(timeout=20)
+        if sig == signal.SIGTERM:
+            assert proc.returncode == 0 and not mounted(mnt)
+        else:
+            with pytest.raises(OSError):   # the dead mount answers ENOTCONN until cleaned
+                os.listdir(mnt)
+            unmount(mnt)
+            assert not mounted(mnt) and os.listdir(mnt) == []
+
+
+def test_without_a_secret_names_and_sizes_show_but_contents_do_not(env, server, tmp_path, account_with_snapshots):
+    src, _ = account_with_snapshots
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    no_secret = {k: v for k, v in env.env.items() if k != "IRONFS_PASSWORD"}
+    env.run("ironfs", "mount", "alice", mnt, "--data-root", server.root, env=no_secret)
+    try:
+        note = mnt / "docs" / "latest" / str(src).lstrip("/") / "docs" / "note000.txt"
+        assert note.stat().st_size == (src / "docs" / "note000.txt").stat().st_size
+        with pytest.raises(PermissionError):
+            note.read_bytes()
+    finally:
+        unmount(mnt)
