@@ -283,5 +283,31 @@ def passwd(password_stdin):
                    "run 'ironcore login' on a machine that holds its key.", err=True)
 
 
+@cli.command()
+@click.argument("name")
+@click.argument("mountpoint", type=click.Path(exists=True, file_okay=False))
+@click.option("--foreground", is_flag=True, help="Stay in the foreground (default: detach once mounted).")
+@click.option("--allow-other", is_flag=True, help="Let other users in too (the stored modes still apply).")
+@password_stdin
+def mount(name, mountpoint, foreground, allow_other, password_stdin):
+    """Mount set NAME read-only at MOUNTPOINT (latest and snapshots/<UTC name>),
+    decrypting here with the set's key; works for private-key sets too."""
+    from ironfs.fuse.snapshot_fs import SnapshotFS, mount_and_serve
+    bset, volume = open_set_volume(name, password_stdin)   # the key is checked now
+    if bset.on_server:   # opened again where it is served: HTTP connections must not cross a fork
+        volume.close()
+        volume.server.close()
+
+    def make_fs():
+        return SnapshotFS({name: open_set_volume(name, password_stdin=False)[1] if bset.on_server else volume})
+
+    def log_to_home():
+        import logging
+        handler = logging.FileHandler(os.path.join(config.home(), "mount.log"))
+        handler.setFormatter(logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"))
+        logging.getLogger().addHandler(handler)
+    mount_and_serve(make_fs, mountpoint, foreground, allow_other, log_to_home)
+
+
 def main():
     run_cli(cli)

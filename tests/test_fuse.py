@@ -3,12 +3,15 @@ root with /dev/fuse): contents and metadata as stored, read-only everywhere,
 new snapshots without remounting, and clean ends on SIGTERM and SIGKILL."""
 import errno
 import filecmp
+import mmap
 import os
 import random
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -192,5 +195,86 @@ def test_without_a_secret_names_and_sizes_show_but_contents_do_not(env, server, 
         assert note.stat().st_size == (src / "docs" / "note000.txt").stat().st_size
         with pytest.raises(PermissionError):
             note.read_bytes()
+    finally:
+        unmount(mnt)
+
+
+def test_stored_permissions_hold_for_other_users_and_odirect_reads_work(env, server, tmp_path,
+                                                                         account_with_snapshots):
+    src, _ = account_with_snapshots
+    mnt = Path(tempfile.mkdtemp(prefix="ironcore-mnt-"))   # outside pytest's 0700 folders
+    os.chmod(mnt, 0o755)
+    mount_account(env, server, mnt, "--allow-other")
+    try:
+        latest = mnt / "docs" / "latest"
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        assert subprocess.run([*as_nobody, "ls", latest], capture_output=True).returncode == 0
+        # the stored tree starts in pytest's 0700 folders: another user may not enter them
+        denied = subprocess.run([*as_nobody, "ls", latest / str(src).lstrip("/")], capture_output=True, text=True)
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr
+        # O_DIRECT reads (aligned buffer) work and match
+        path = latest / str(src).lstrip("/") / "big.bin"
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        try:
+            buf = mmap.mmap(-1, 1 << 16)
+            assert os.preadv(fd, [buf], 1 << 16) == 1 << 16
+            assert bytes(buf) == (src / "big.bin").read_bytes()[1 << 16:2 << 16]
+        finally:
+            os.close(fd)
+    finally:
+        unmount(mnt)
+        mnt.rmdir()
+
+
+def test_a_damaged_pack_fails_only_the_reads_it_touches(env, server, tmp_path, account_with_snapshots):
+    src, _ = account_with_snapshots
+    packs = sorted((server.root / "accounts" / "alice" / "docs" / "volume" / "packs").glob("*/*"),
+                   key=lambda p: p.stat().st_size)
+    with open(packs[-1], "r+b") as f:   # the biggest pack: one byte in the middle of its blobs
+        f.seek(packs[-1].stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    mnt = tmp_path / "mnt"
+    mount_account(env, server, mnt)
+    try:
+        top = mnt / "docs" / "latest" / str(src).lstrip("/")
+        failed, read = [], 0
+        for dirpath, _, filenames in os.walk(top):
+            for name in filenames:
+                p = os.path.join(dirpath, name)
+                if os.path.islink(p):
+                    continue
+                try:
+                    with open(p, "rb") as f:
+                        f.read()
+                    read += 1
+                except OSError as exc:
+                    assert exc.errno == errno.EIO, exc
+                    failed.append(p)
+        assert failed and read > 100
+        assert os.listdir(top)   # still mounted and answering
+    finally:
+        unmount(mnt)
+
+
+def test_ironcore_mount_decrypts_on_the_client_for_a_private_key_set(env, server, tmp_path):
+    src = tmp_path / "src"
+    make_tree(src, random.Random(12))
+    keyfile = tmp_path / "set.key"
+    keyfile.write_bytes(b"a private key nobody else has\n")
+    login(env, server.url)
+    add_server_set(env, "vault", src, extra=["--private-key-file", keyfile])
+    env.backup_json("vault")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env.ironcore("mount", "vault", mnt)
+    try:
+        top = mnt / "vault" / "latest" / str(src).lstrip("/")
+        assert filecmp.cmp(top / "big.bin", src / "big.bin", shallow=False)
+        assert os.readlink(top / "link") == os.readlink(src / "link")
+        (src / "later.txt").write_bytes(b"a later snapshot\n")
+        env.backup_json("vault")
+        assert wait_until(lambda: (mnt / "vault" / "latest" / str(src).lstrip("/") / "later.txt").exists())
     finally:
         unmount(mnt)

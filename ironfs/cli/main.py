@@ -5,7 +5,7 @@ import sys
 import click
 
 from ironfs.cli.edge import print_json, print_snapshots, run_cli
-from ironfs.errors import IroncoreError, UsageError, WrongSecret
+from ironfs.errors import UsageError, WrongSecret
 from ironfs.format.verify import verify_volume
 from ironfs.format.volume import Volume, is_volume
 from ironfs.store.accounts import check_account_name
@@ -268,8 +268,7 @@ def mount(account_name, mountpoint, data_root, foreground, allow_other, password
     """Mount the sets of ACCOUNT_NAME read-only at MOUNTPOINT: <set>/latest and
     <set>/snapshots/<UTC name>. Without a secret (stdin or IRONFS_PASSWORD) names
     and sizes are shown but file contents cannot be read."""
-    import trio
-    from ironfs.fuse.snapshot_fs import SnapshotFS, run
+    from ironfs.fuse.snapshot_fs import SnapshotFS, mount_and_serve
     from ironfs.server.serve import log_to_data_root
     sets = admin_sets(data_root, account_name)
     secret = None
@@ -288,31 +287,10 @@ def mount(account_name, mountpoint, data_root, foreground, allow_other, password
     if secret is not None and not opened and volumes:
         raise WrongSecret("The secret opens none of the account's sets.",
                           "Give the account password (login key slots) or a set's private key.")
-    fs = SnapshotFS(volumes)
     click.echo(f"Mounting {len(volumes)} sets of {account_name} at {mountpoint}"
                + (f"; contents readable for: {', '.join(opened)}" if opened else "; names and sizes only") + ".")
-    if not foreground and os.fork() != 0:
-        wait_for_mount(mountpoint)
-        return
-    if not foreground:
-        os.setsid()
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        log_to_data_root(sets.root)
-    trio.run(run, fs, os.path.abspath(mountpoint), allow_other)
-
-
-def wait_for_mount(mountpoint: str, seconds: float = 15) -> None:
-    import time
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if os.path.ismount(mountpoint):
-            click.echo(f"Mounted; unmount with 'fusermount3 -u {mountpoint}'.")
-            return
-        time.sleep(0.05)
-    raise IroncoreError(f"{mountpoint} did not come up within {seconds:.0f} s.",
-                        "Run again with --foreground to see why; logs are under the data root.")
+    mount_and_serve(lambda: SnapshotFS(volumes), mountpoint, foreground, allow_other,
+                    lambda: log_to_data_root(sets.root))
 
 
 def main():

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import stat
+import time
 from collections.abc import Callable
 
 import pyfuse3
@@ -334,3 +335,26 @@ async def stop_on_signal(scope: trio.CancelScope) -> None:
             logger.info("event=unmount signal=%d", signum)
             scope.cancel()
             return
+
+
+def mount_and_serve(make_fs, mountpoint: str, foreground: bool, allow_other: bool, detached_logging) -> None:
+    """Mount and serve. Unless `foreground`, the caller returns once the mount is up
+    and a detached child serves it (its output goes to `detached_logging()`'s log);
+    the filesystem is made (`make_fs()`) in the process that serves it."""
+    mountpoint = os.path.abspath(mountpoint)
+    if not foreground and os.fork() != 0:
+        deadline = time.monotonic() + 15
+        while not os.path.ismount(mountpoint):
+            if time.monotonic() > deadline:
+                raise IroncoreError(f"{mountpoint} did not come up within 15 s.",
+                                    "Run again with --foreground to see why.")
+            time.sleep(0.05)
+        print(f"Mounted; unmount with 'fusermount3 -u {mountpoint}'.", flush=True)
+        return
+    if not foreground:
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        detached_logging()
+    trio.run(run, make_fs(), mountpoint, allow_other)
