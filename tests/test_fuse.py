@@ -278,3 +278,29 @@ def test_ironcore_mount_decrypts_on_the_client_for_a_private_key_set(env, server
         assert wait_until(lambda: (mnt / "vault" / "latest" / str(src).lstrip("/") / "later.txt").exists())
     finally:
         unmount(mnt)
+
+
+def test_listing_a_folder_of_100000_files_keeps_the_mount_small(env, server, tmp_path):
+    many = tmp_path / "src" / "many"
+    many.mkdir(parents=True)
+    for i in range(100_000):
+        (many / f"f{i:06d}").write_bytes(b"")
+    login(env, server.url)
+    add_server_set(env, "docs", tmp_path / "src")
+    env.backup_json("docs")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen([BIN / "ironfs", "mount", "alice", mnt, "--data-root", server.root, "--foreground"],
+                            env={k: v for k, v in env.env.items() if k != "IRONFS_PASSWORD"})
+    try:
+        assert wait_until(lambda: mounted(mnt))
+        folder = mnt / "docs" / "latest" / str(many).lstrip("/")
+        names = os.listdir(folder)
+        assert len(names) == 100_000 and len(set(names)) == 100_000
+        assert sum(1 for _ in os.scandir(folder)) == 100_000   # and again, from a fresh opendir
+        with open(f"/proc/{proc.pid}/status") as f:
+            peak = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024
+        assert peak < 200 << 20, f"the mount process peaked at {peak >> 20} MiB"
+    finally:
+        unmount(mnt)
+        proc.wait(timeout=20)
