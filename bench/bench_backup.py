@@ -667,7 +667,7 @@ def markdown(res: dict) -> str:
         f"- Command: `{res['command']}`",
         f"- Machine: {m['nproc']} cores, {m['cpu']}, {m['mem_gib']} GiB RAM, Linux {m['kernel']}, Python {m['python']};"
         f" disk {res['disk']}",
-        f"- Versions: " + "; ".join(res["versions"].values()),
+        "- Versions: " + "; ".join(res["versions"].values()),
         f"- Tree (seed {res['seed']}, scale {res['scale']}): {t['files']:,} files, {t['bytes'] / MB:,.0f} MB:"
         f" {t['small_files']:,} small files of 1-64 KiB (half text, half random), large files of "
         + ", ".join(f"{s_ // MiB} MiB{' (text)' if c else ''}" for _, s_, c in t["large_files"])

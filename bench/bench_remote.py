@@ -405,10 +405,6 @@ def bench(args) -> dict:
 
 # --- reporting ---------------------------------------------------------------------------------
 
-def ratio(a, b):
-    return a / b if a and b else float("nan")
-
-
 HEAD = ["phase", "local s", "remote s", "remote / local", "local MB/s", "remote MB/s", "client CPU s local",
         "client CPU s remote", "server CPU s", "stored MB local", "stored MB remote", "sent MB", "received MB"]
 
@@ -422,7 +418,7 @@ def table_rows(res: dict) -> list[list[str]]:
         lo, re_ = p["local"], p["remote"]
         backup = name != "restore"
         rows.append([PHASE_TITLES[name], f"{lo['wall_s']:.1f}", f"{re_['wall_s']:.1f}",
-                     f"{ratio(re_['wall_s'], lo['wall_s']):.2f}x", f"{lo['mb_s']:.0f}", f"{re_['mb_s']:.0f}",
+                     f"{bb.ratio(re_['wall_s'], lo['wall_s']):.2f}x", f"{lo['mb_s']:.0f}", f"{re_['mb_s']:.0f}",
                      f"{lo['cpu_s']:.1f}", f"{re_['cpu_s']:.1f}", f"{re_['server_cpu_s']:.1f}",
                      f"{lo['stored_added'] / MB:,.1f}" if backup else "",
                      f"{re_['stored_added'] / MB:,.1f}" if backup else "",

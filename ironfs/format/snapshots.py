@@ -21,3 +21,13 @@ def snapshot_name(time_ns: int) -> str:
     """The snapshot's UTC name, valid on Windows too: YYYY-MM-DDTHH-MM-SSZ."""
     t = datetime.datetime.fromtimestamp(time_ns / 1e9, tz=datetime.timezone.utc)
     return t.strftime("%Y-%m-%dT%H-%M-%SZ")
+
+
+def snapshot_names(snapshots: list[dict]) -> dict[str, int]:
+    """UTC name -> seq for folder views (WebDAV, FUSE); a second snapshot in the same
+    second gets its number appended, so every snapshot has a name of its own."""
+    names: dict[str, int] = {}
+    for snap in snapshots:
+        name = snapshot_name(snap["time_ns"])
+        names[name if name not in names else f"{name}-{snap['seq']}"] = snap["seq"]
+    return names

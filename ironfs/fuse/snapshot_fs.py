@@ -23,7 +23,7 @@ import trio
 from ironfs.errors import IroncoreError
 from ironfs.format.catalog import ROOT
 from ironfs.format.reader import ContentReader
-from ironfs.format.snapshots import snapshot_name
+from ironfs.format.snapshots import snapshot_names
 
 logger = logging.getLogger(__name__)
 
@@ -88,11 +88,7 @@ class SnapshotFS(pyfuse3.Operations):
         return self.volumes[set_no - 1]
 
     def _snapshot_names(self, volume) -> dict[str, int]:
-        names: dict[str, int] = {}
-        for snap in volume.refresh().snapshots():
-            name = snapshot_name(snap["time_ns"])
-            names[name if name not in names else f"{name}-{snap['seq']}"] = snap["seq"]
-        return names
+        return snapshot_names(volume.refresh().snapshots())
 
     def _virtual_attr(self, inode: int, kind: int, mode: int, size: int = 0) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()

@@ -37,7 +37,7 @@ from ironfs.errors import CorruptData, IroncoreError, MissingData, WrongSecret
 from ironfs.format import crypto
 from ironfs.format.catalog import ROOT, split_path
 from ironfs.format.reader import ContentReader
-from ironfs.format.snapshots import snapshot_name
+from ironfs.format.snapshots import snapshot_names
 from ironfs.server.auth import TooManyFailures
 from ironfs.store.accounts import AuthFailed
 
@@ -174,12 +174,7 @@ class View:
         self.catalog = self.volume.refresh()
 
     def snapshot_names(self) -> dict[str, int]:
-        """UTC name -> seq; a second snapshot in the same second gets its number appended."""
-        names: dict[str, int] = {}
-        for snap in self.catalog.snapshots():
-            name = snapshot_name(snap["time_ns"])
-            names[name if name not in names else f"{name}-{snap['seq']}"] = snap["seq"]
-        return names
+        return snapshot_names(self.catalog.snapshots())
 
     def read_content(self, content_id: bytes, path: str):
         key = self.session.key_for(self.owner, self.set_name, self.volume)
