@@ -10,6 +10,7 @@ from client.backup import Backup
 from client.remote_volume import RemoteVolume
 from client.progress import maybe_progress
 from client.restore import Restore
+from ironfs.format.retention import WEEKDAYS, Policy
 from ironfs.format.snapshots import resolve_snapshot
 from ironfs.cli.edge import print_json, print_snapshots, run_cli
 from ironfs.errors import NotFound, UsageError
@@ -125,7 +126,19 @@ def set_list(as_json):
 @click.option("--exclude", "excludes", multiple=True, help="Replace the exclude patterns with these (repeatable).")
 @click.option("--schedule-here/--no-schedule-here", default=None,
               help="Whether this computer runs the set's scheduled backups (each machine has its own switch).")
-def set_edit(name, sources, excludes, schedule_here):
+@click.option("--keep-daily", type=click.IntRange(0), help="Retention: the last snapshot of each of N days.")
+@click.option("--keep-weekly", type=click.IntRange(0), help="... of each of N weeks (on --weekly-on).")
+@click.option("--weekly-on", type=click.Choice(WEEKDAYS), help="The weekday of the weekly rule (default saturday).")
+@click.option("--keep-monthly", type=click.IntRange(0), help="... of each of N months (on --monthly-on).")
+@click.option("--monthly-on", type=click.IntRange(1, 28), help="The day of the monthly rule (default 1).")
+@click.option("--keep-quarterly", type=click.IntRange(0), help="... of each of N quarters.")
+@click.option("--keep-yearly", type=click.IntRange(0), help="... of each of N years.")
+@click.option("--remove-overlap", is_flag=True, default=None,
+              help="Drop a snapshot kept only by a finer rule when a coarser rule keeps a newer one.")
+@click.option("--keep-within", type=click.IntRange(1), help="Simple retention: the snapshots of the last N days.")
+@click.option("--keep-last", type=click.IntRange(1), help="Simple retention: the newest N snapshots.")
+@click.option("--timezone", help="The set's time zone for retention days (default UTC).")
+def set_edit(name, sources, excludes, schedule_here, timezone, **retention_flags):
     """Change the settings of set NAME (kept on the server for server sets)."""
     bset = find_set(name)[0]
     settings = {}
@@ -133,9 +146,13 @@ def set_edit(name, sources, excludes, schedule_here):
         settings["sources"] = [os.path.abspath(s) for s in sources]
     if excludes:
         settings["excludes"] = list(excludes)
+    policy = retention_policy(retention_flags, timezone)
+    if policy is not None:
+        settings["retention"] = policy
     if not bset.on_server:
-        if schedule_here is not None:
-            raise UsageError("Only sets on a server have a per-machine schedule switch.")
+        if schedule_here is not None or policy is not None:
+            raise UsageError("Schedules per machine and retention are settings of sets on a server.",
+                             "Use them with a set made while logged in to a server.")
         config.save_set(config.BackupSet(**{**vars(bset), **settings}))
     else:
         server = remote.connect()
@@ -145,6 +162,27 @@ def set_edit(name, sources, excludes, schedule_here):
             server.call("PUT", f"/api/v1/sets/{name}/machines/{config.host_name()}",
                         json={"scheduled": schedule_here})
     click.echo(f"Set {name} updated.")
+
+
+RETENTION_FLAGS = {"keep_daily": "daily", "keep_weekly": "weekly", "weekly_on": "weekly_on",
+                   "keep_monthly": "monthly", "monthly_on": "monthly_on", "keep_quarterly": "quarterly",
+                   "keep_yearly": "yearly", "remove_overlap": "remove_overlap", "keep_within": "within_days",
+                   "keep_last": "last"}
+
+
+def retention_policy(flags: dict, timezone: str | None) -> dict | None:
+    """The policy the flags give (None if they give none), checked here as the server will."""
+    policy = {RETENTION_FLAGS[k]: v for k, v in flags.items() if v is not None}
+    if not policy:
+        return None
+    simple = {"within_days", "last"} & policy.keys()
+    if simple and len(policy) > 1:
+        raise UsageError("--keep-within and --keep-last are simple policies: give one of them alone, "
+                         "or the --keep-daily ... rules.")
+    if timezone:
+        policy["timezone"] = timezone
+    Policy(**policy)
+    return policy
 
 
 def find_set(name: str):

@@ -293,5 +293,34 @@ def mount(account_name, mountpoint, data_root, foreground, allow_other, password
                     lambda: log_to_data_root(sets.root))
 
 
+@cli.group()
+def retention():
+    """Apply the sets' retention policies."""
+
+
+@retention.command("apply")
+@click.argument("account_name")
+@click.argument("set_name")
+@data_root_option
+@click.option("--dry-run", is_flag=True, help="Show what would go; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def retention_apply(account_name, set_name, data_root, dry_run, as_json):
+    """List every snapshot of SET_NAME with the rules that keep it or why it goes,
+    and forget those that go (a `forget` commit; gc frees their data)."""
+    from ironfs.store import retention as policy
+    report = policy.apply(admin_sets(data_root, account_name), account_name, set_name, dry_run=dry_run)
+    if as_json:
+        print_json(report)
+        return
+    for v in report["snapshots"]:
+        why = ("keep: " + ", ".join(v["kept_by"])) if v["keep"] else ("goes: " + v["reason"])
+        click.echo(f"{v['seq']:>6}  {snapshot_name(v['time_ns'])}  {why}")
+    gone = [v for v in report["snapshots"] if not v["keep"]]
+    if dry_run:
+        click.echo(f"{len(gone)} snapshots would go (dry run: nothing changed).")
+    else:
+        click.echo(f"{len(gone)} snapshots forgotten" + (f" in commit {report['commit']}." if gone else "."))
+
+
 def main():
     run_cli(cli)

@@ -5,6 +5,7 @@ SHA-256 name and declared length), then uploads the commit that names them.
 A restore, or a client catching up, reads the commit log, pack indexes and
 byte ranges of packs. Every route works on the caller's own account only; no
 route removes a snapshot or a pack."""
+import logging
 import math
 import os
 
@@ -12,10 +13,13 @@ from werkzeug.routing import Rule
 from werkzeug.wrappers import Request, Response
 from werkzeug.wsgi import wrap_file
 
-from ironfs.errors import Forbidden, NotFound, UsageError, WrongSecret
+from ironfs.errors import Forbidden, IroncoreError, NotFound, UsageError, WrongSecret
 from ironfs.format import crypto, log as commitlog, pack as packfmt
 from ironfs.server.responses import json_response
+from ironfs.store import retention
 from ironfs.store.sets import PACK_NAME_RE
+
+logger = logging.getLogger(__name__)
 
 LONG_POLL_MAX = 60.0
 MAX_BLOB_QUERY = 100_000
@@ -165,6 +169,10 @@ class SyncApi:
         self.sets.receive_commit(account["name"], set_name, request.headers.get(LEASE_HEADER, ""), seq,
                                  request.environ["wsgi.input"], length, account["quota"])
         self.metrics.count_commit()
+        try:   # retention runs on the server after each backup; a failure there does not undo the backup
+            retention.apply(self.sets, account["name"], set_name, after_commit=True)
+        except IroncoreError as exc:
+            logger.warning("event=retention-failed account=%s set=%s error=%r", account["name"], set_name, exc.message)
         return json_response({"seq": seq}, 201)
 
     # --- reading --------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from ironfs.errors import CorruptData, IroncoreError, NotFound, UsageError, Volu
 from ironfs.format import log as commitlog, pack as packfmt
 from ironfs.format.fsutil import TMP_PREFIX, discard, publish, raise_if_full, tmp_name, write_atomic
 from ironfs.format.volume import FORMAT as VOLUME_FORMAT, Volume
+from ironfs.store.retention import policy_of
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +178,35 @@ class SetStore:
 
     def update_settings(self, account: str, name: str, settings: dict) -> dict:
         check_settings(settings)
-        return self._update(account, name, lambda info: info["settings"].update(settings))
+        if "retention" in settings:
+            policy_of(settings["retention"])   # refuse a policy that does not parse
+
+        def change(info):
+            old = info["settings"].get("retention")
+            if "retention" in settings and settings["retention"] != old:
+                info["retention_before"], info["retention_changed_ns"] = old, time.time_ns()
+            info["settings"].update(settings)
+        return self._update(account, name, change)
+
+    def forget(self, account: str, name: str, seqs: list[int], after_commit: bool = False) -> int:
+        """The server's own commit that stops listing these snapshots (retention). Not while
+        another backup holds the set, unless `after_commit`: its holder has just committed."""
+        vol = self.volume(account, name)
+        cond = self._cond(account, name)
+        with cond:
+            held = self._current_lease(account, name)
+            if held is not None and not after_commit:
+                raise VolumeBusy(f"Set {name} is being backed up by {held['host']}.",
+                                 "Apply retention when that backup has finished (it also runs after each backup).")
+            seq = (vol.seqs() or [0])[-1] + 1
+            commit = commitlog.CommitWriter(os.path.join(vol.root, "log"), seq,
+                                            {"kind": "forget", "time_ns": time.time_ns(), "host": "server"})
+            commit.add({"t": "forget", "snapshots": sorted(seqs)})
+            commit.finish()
+            vol.refresh()
+            cond.notify_all()
+        logger.info("event=forget account=%s set=%s seq=%d snapshots=%d", account, name, seq, len(seqs))
+        return seq
 
     def set_machine(self, account: str, name: str, host: str, scheduled: bool) -> dict:
         if not host or len(host) > 255:
