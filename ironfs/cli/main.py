@@ -322,5 +322,27 @@ def retention_apply(account_name, set_name, data_root, dry_run, as_json):
         click.echo(f"{len(gone)} snapshots forgotten" + (f" in commit {report['commit']}." if gone else "."))
 
 
+@cli.command()
+@click.argument("account_name")
+@click.argument("set_name", required=False)
+@data_root_option
+@click.option("--dry-run", is_flag=True, help="Show what would be freed; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def gc(account_name, set_name, data_root, dry_run, as_json):
+    """Free the data that no listed snapshot uses, in the sets of ACCOUNT_NAME (all, or SET_NAME)."""
+    from ironfs.store.gc import collect
+    sets = admin_sets(data_root, account_name)
+    names = [set_name] if set_name else sets.names(account_name)
+    reports = [collect(sets, account_name, name, dry_run) for name in names]
+    if as_json:
+        print_json(reports)
+        return
+    for r in reports:
+        click.echo(f"{r['set']}: {len(r['dropped'])} packs dropped, {len(r['repacked'])} rewritten into "
+                   f"{len(r['new_packs'])}, {r['dead_contents']} file versions' data released"
+                   + (" (dry run: nothing changed)" if dry_run else f", {format_size(max(r['bytes_freed'], 0))} freed"))
+    click.echo(f"usage of {account_name}: {format_size(sets.usage(account_name))}")
+
+
 def main():
     run_cli(cli)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import msgpack
 
-from ironfs.errors import CorruptData, VolumeFormatError
+from ironfs.errors import CorruptData, MissingData, VolumeFormatError
 
 SCHEMA_VERSION = 1
 ROOT = 0  # the implicit root folder; top-level entries have parent 0
@@ -77,6 +77,10 @@ class Entry:
 ENTRY_SELECT = ("SELECT p.id, p.name, v.born, v.kind, v.mode, v.uid, v.gid, v.user, v.grp, v.mtime_ns, v.size, "
                 "v.content, v.target, v.xattrs, v.rdev FROM paths p JOIN versions v ON v.path = p.id ")
 LIVE_AT = "v.born <= :s AND (v.died IS NULL OR v.died > :s)"
+# contents that some snapshot still listed (not forgotten) uses: what gc keeps
+LIVE_CONTENTS = ("SELECT DISTINCT v.content FROM versions v WHERE v.content IS NOT NULL AND EXISTS ("
+                 "SELECT 1 FROM snapshots s WHERE s.forgotten = 0 AND s.seq >= v.born "
+                 "AND (v.died IS NULL OR s.seq < v.died))")
 
 
 def split_path(path: bytes) -> list[bytes]:
@@ -167,14 +171,21 @@ class Catalog:
                             (seq, rec["time_ns"], rec.get("host"), msgpack.packb(info)))
 
     def _rec_pack(self, seq, rec, load_pack_index):
+        """A pack joins the volume. Replaying an old commit may name a pack that gc has
+        since dropped and deleted: it joins without blobs (the later drop removes it;
+        verify reports a missing pack that no commit drops)."""
         name = rec["name"]
+        try:
+            entries = load_pack_index(name)
+        except MissingData:
+            entries = []
         self.db.execute("INSERT INTO packs(name, size, added) VALUES(?,?,?) ON CONFLICT(name) DO UPDATE "
                         "SET dropped=NULL, added=excluded.added", (name, rec["size"], seq))
         self.db.executemany(
             "INSERT INTO blobs(id, pack, offset, length, raw_length, type) VALUES(?,?,?,?,?,?) "
             "ON CONFLICT(id) DO UPDATE SET pack=excluded.pack, offset=excluded.offset, length=excluded.length, "
             "raw_length=excluded.raw_length, type=excluded.type, damaged=0 WHERE blobs.damaged=1",
-            ((e.blob_id, name, e.offset, e.length, e.raw_length, e.type) for e in load_pack_index(name)))
+            ((e.blob_id, name, e.offset, e.length, e.raw_length, e.type) for e in entries))
 
     def _rec_content(self, seq, rec, _):
         cid = rec["id"]
@@ -233,6 +244,9 @@ class Catalog:
 
     def _rec_forget(self, seq, rec, _):
         self.db.executemany("UPDATE snapshots SET forgotten=? WHERE seq=?", ((seq, s) for s in rec["snapshots"]))
+
+    def _rec_uncontent(self, seq, rec, _):
+        self.db.executemany("DELETE FROM contents WHERE id=?", ((cid,) for cid in rec["ids"]))
 
     def _rec_drop(self, seq, rec, _):
         self.db.execute("UPDATE packs SET dropped=? WHERE name=?", (seq, rec["name"]))
@@ -313,17 +327,19 @@ class Catalog:
     def damaged_blobs(self) -> set[bytes]:
         return {r[0] for r in self.db.execute("SELECT id FROM blobs WHERE damaged=1")}
 
-    def contents_using(self, blob_ids: set[bytes], missing: bool = False) -> set[bytes]:
+    def contents_using(self, blob_ids: set[bytes], missing: bool = False, live_only: bool = False) -> set[bytes]:
         """Contents whose data or signature uses any of `blob_ids` (and, with
-        `missing`, any blob that no pack holds). One pass over all contents: only
-        for the rare damaged volume and for verify."""
+        `missing`, any blob that no pack holds); with `live_only`, only contents of
+        snapshots still listed. One pass over all contents: only for the rare damaged
+        volume and for verify."""
         if not blob_ids and not missing:
             return set()
         known = None
         if missing:
             known = {r[0] for r in self.db.execute("SELECT id FROM blobs")}
         out = set()
-        for cid, ext, sig in self.db.execute("SELECT id, extents, sig FROM contents"):
+        for cid, ext, sig in self.db.execute("SELECT id, extents, sig FROM contents"
+                                             + (f" WHERE id IN ({LIVE_CONTENTS})" if live_only else "")):
             for blob, _, _ in msgpack.unpackb(ext) + (msgpack.unpackb(sig) if sig else []):
                 if blob is not None and (blob in blob_ids or (known is not None and blob not in known)):
                     out.add(cid)
@@ -348,6 +364,18 @@ class Catalog:
 
     def has_blob(self, blob_id: bytes) -> bool:
         return self.db.execute("SELECT 1 FROM blobs WHERE id=? AND damaged=0", (blob_id,)).fetchone() is not None
+
+    def live_blob_ids(self):
+        """Every blob id that a listed snapshot's file data or signatures use (with repeats)."""
+        for ext, sig in self.db.execute(f"SELECT extents, sig FROM contents WHERE id IN ({LIVE_CONTENTS})"):
+            for blob, _, _ in msgpack.unpackb(ext) + (msgpack.unpackb(sig) if sig else []):
+                if blob is not None:
+                    yield blob
+
+    def dead_contents(self):
+        """Content ids no listed snapshot uses (gc drops them with their data)."""
+        for (cid,) in self.db.execute(f"SELECT id FROM contents WHERE id NOT IN ({LIVE_CONTENTS})"):
+            yield cid
 
     def live_packs(self) -> list[tuple[str, int]]:
         return self.db.execute("SELECT name, size FROM packs WHERE dropped IS NULL ORDER BY name").fetchall()

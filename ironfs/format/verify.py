@@ -58,7 +58,7 @@ def verify_volume(volume, read_data: bool = False, record_damage: bool = True) -
     _check_catalog(volume, report)
     catalog = volume.catalog()
     report["blobs"] = catalog.db.execute("SELECT count(*) FROM blobs").fetchone()[0]
-    for cid in sorted(catalog.contents_using(set(), missing=True)):
+    for cid in sorted(catalog.contents_using(set(), missing=True, live_only=True)):
         errors.append(f"Content {cid.hex()[:16]} refers to blobs that no pack holds.")
         _add_affected(catalog, report, cid)
     if read_data:

@@ -322,6 +322,12 @@ class SetStore:
         with self._lock:
             self._usage[account] = self._usage.get(account, nbytes) - nbytes
 
+    def count_stored(self, account: str, nbytes: int) -> None:
+        """Bytes the server itself added (positive) or removed (negative), such as gc's."""
+        self.usage(account)
+        with self._lock:
+            self._usage[account] += nbytes
+
     def _drop_run(self, account: str, name: str, lease: dict) -> None:
         """Remove the packs the lease holder uploaded and no commit names (quota refusal)."""
         vol = self.volume(account, name)
