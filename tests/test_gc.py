@@ -61,3 +61,63 @@ def test_gc_after_forgetting_29_of_30_snapshots(env, server, tmp_path):
     env.ironcore("restore", "docs", "--to", tmp_path / "out2")
     assert_same_tree(src, env.restored(tmp_path / "out2", src))
     env.ironfs("verify", "alice", "docs", "--data-root", server.root)
+
+
+def forgotten_history(env, server, tmp_path, days=8):
+    """A set with `days` snapshots of a changing tree, all but the newest forgotten."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rnd = random.Random(days)
+    login(env, server.url)
+    add_server_set(env, "docs", src)
+    for day in range(days):
+        for i in range(12):
+            (src / f"f{i:02d}.bin").write_bytes(rnd.randbytes(40_000))
+        env.backup_json("docs")
+    env.ironcore("set", "edit", "docs", "--keep-last", "1")
+    info_path = server.root / "accounts" / "alice" / "docs" / "set.json"
+    info = json.loads(info_path.read_text())
+    info["retention_changed_ns"] -= 8 * 86400 * 10**9
+    info_path.write_text(json.dumps(info))
+    env.ironfs("retention", "apply", "alice", "docs", "--data-root", server.root)
+    return src
+
+
+def test_gc_killed_at_any_step_leaves_the_kept_snapshot_whole(env, server, tmp_path):
+    src = forgotten_history(env, server, tmp_path)
+    volume = server.root / "accounts" / "alice" / "docs" / "volume"
+    for point in ("gc-packs-written", "gc-committed"):
+        killed = env.run("ironfs", "gc", "alice", "docs", "--data-root", server.root, check=False,
+                         env=dict(env.env, IRONCORE_CRASH_AT=point))
+        assert killed.returncode == -9, killed.stderr
+        report = env.ironfs("verify", "alice", "docs", "--data-root", server.root, "--read-data",
+                            "--password-stdin", input=b"alice pw\n", check=False)
+        assert report.returncode == 0, report.stdout
+        out = tmp_path / f"out-{point}"
+        env.ironcore("restore", "docs", "--to", out)
+        assert_same_tree(src, env.restored(out, src))
+        (src / "f00.bin").write_bytes(os.urandom(1000))   # the next backup after the crashed gc works
+        env.backup_json("docs")
+    env.ironfs("gc", "alice", "docs", "--data-root", server.root)   # and gc completes afterwards
+    env.ironfs("verify", "alice", "docs", "--data-root", server.root)
+    assert volume_bytes(volume) < 2 * 12 * 40_000 + 200_000
+
+
+def test_usage_and_quota_follow_gc_in_a_running_server(env, server, tmp_path):
+    forgotten_history(env, server, tmp_path)
+    import ssl
+    import httpx
+    ctx = ssl.create_default_context(cafile=str(server.root / "tls" / "cert.pem"))
+    ctx.check_hostname = False
+
+    def usage() -> int:
+        text = httpx.get(server.url + "/metrics", verify=ctx, auth=("admin", "admin password")).text
+        return int(next(line.split()[-1] for line in text.splitlines()
+                        if line.startswith('ironfs_account_usage_bytes{account="alice"}')))
+    before = usage()
+    env.ironfs("gc", "alice", "--data-root", server.root)
+    after = usage()
+    assert after < before / 3, (before, after)
+    on_disk = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(server.root / "accounts" / "alice")
+                  for f in files if os.path.basename(d) == "log" or os.path.basename(os.path.dirname(d)) == "packs")
+    assert after == on_disk

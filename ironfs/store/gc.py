@@ -18,6 +18,7 @@ import sqlite3
 import time
 
 from ironfs.format import log as commitlog, pack as packfmt
+from ironfs.format.faults import crashpoint
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ GC_HOST = "ironfs gc"
 
 
 def collect(sets, account: str, name: str, dry_run: bool = False) -> dict:
-    lease = sets.acquire_lease(account, name, GC_HOST)
+    lease = sets.acquire_lease(account, name, GC_HOST, pid=os.getpid())   # a killed gc frees the set at once
     try:
         return _collect(sets, account, name, dry_run)
     finally:
@@ -80,6 +81,7 @@ def _collect(sets, account: str, name: str, dry_run: bool) -> dict:
         report["new_packs"].append(writer.finish())
     for _, size in report["new_packs"]:
         sets.count_stored(account, size)
+    crashpoint("gc-packs-written")
     seq = (vol.seqs() or [0])[-1] + 1
     commit = commitlog.CommitWriter(os.path.join(vol.root, "log"), seq,
                                     {"kind": "repack", "time_ns": time.time_ns(), "host": GC_HOST})
@@ -90,6 +92,7 @@ def _collect(sets, account: str, name: str, dry_run: bool) -> dict:
     for pack, size in report["new_packs"]:
         commit.add({"t": "pack", "name": pack, "size": size})
     commit.finish()
+    crashpoint("gc-committed")
     catalog = vol.refresh()
     report["commit"] = seq
     report["bytes_freed"] = _remove_dropped_files(sets, account, vol, catalog) - sum(s for _, s in report["new_packs"])

@@ -33,6 +33,7 @@ PACK_NAME_RE = re.compile(r"^[0-9a-f]{64}$")
 LEASE_SECONDS = 120          # a holder renews well within this; a crashed one frees the set after it
 MAX_COMMIT = 1 << 30         # a commit of ten million files is far below this
 CHUNK = 1 << 20
+USAGE_STAMP = ".usage-changed"   # touched by gc so that a running server counts the account's usage again
 SETTINGS_KEYS = {"sources", "excludes", "schedule", "retention", "block_size", "description"}
 # Records a client's commit may hold; "forget", "drop" and "damaged" belong to the server's own tools.
 CLIENT_RECORDS = {"commit", "pack", "content", "ver", "del", "stats"}
@@ -79,6 +80,16 @@ def check_volume_config(config) -> dict:
     return config
 
 
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def read_exactly(stream, length: int, sink) -> None:
     """Copy `length` bytes from a request body to `sink`; UsageError if it ends early."""
     left = length
@@ -101,6 +112,7 @@ class SetStore:
         self._set_locks: dict[tuple, threading.Condition] = {}
         self._volumes: dict[tuple, Volume] = {}
         self._usage: dict[str, int] = {}
+        self._usage_seen: dict[str, int | None] = {}
         self._closing = False
 
     # --- places --------------------------------------------------------------------
@@ -231,16 +243,19 @@ class SetStore:
         return os.path.join(self.set_dir(account, name), "lease.json")
 
     def _current_lease(self, account: str, name: str) -> dict | None:
+        """The lease in force: not expired, and for a holder on this machine (gc) one whose process lives."""
         try:
             lease = self._read_json(self._lease_path(account, name))
         except (FileNotFoundError, ValueError):
+            return None
+        if lease.get("pid") and not process_alive(lease["pid"]):
             return None
         return lease if lease["expires"] > time.time() else None
 
     def _save_lease(self, account: str, name: str, lease: dict) -> None:
         write_atomic(self._lease_path(account, name), json.dumps(lease).encode())
 
-    def acquire_lease(self, account: str, name: str, host: str) -> dict:
+    def acquire_lease(self, account: str, name: str, host: str, pid: int | None = None) -> dict:
         """The set for one writer: a second machine gets VolumeBusy naming the holder.
         The answer lists orphan packs (uploaded by a run that never committed) to adopt."""
         self.require(account, name)
@@ -254,7 +269,7 @@ class SetStore:
             vol = self.volume(account, name)
             self._remove_partial_uploads(vol)
             lease = {"id": secrets.token_hex(16), "host": host, "acquired": time.time(),
-                     "expires": time.time() + self.lease_seconds, "packs": []}
+                     "expires": time.time() + self.lease_seconds, "packs": [], "pid": pid}
             self._save_lease(account, name, lease)
             orphans = self._orphans(vol)
         logger.info("event=lease account=%s set=%s host=%r", account, name, host)
@@ -296,16 +311,25 @@ class SetStore:
 
     # --- usage and quota ---------------------------------------------------------------
     def usage(self, account: str) -> int:
-        """Bytes of packs and commits the account's volumes hold (counted once, then kept up to date)."""
+        """Bytes of packs and commits the account's volumes hold: counted once, then kept up
+        to date, and counted again when another process (gc) has marked the account changed."""
+        stamp = self._usage_stamp(account)
         with self._lock:
-            if account not in self._usage:
+            if account not in self._usage or self._usage_seen.get(account) != stamp:
                 total = 0
                 for dirpath, _, files in os.walk(self.root.account_dir(account)):
                     if os.path.basename(dirpath) == "log" or os.path.basename(os.path.dirname(dirpath)) == "packs":
                         total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files
                                      if not f.startswith(TMP_PREFIX))
                 self._usage[account] = total
+                self._usage_seen[account] = stamp
             return self._usage[account]
+
+    def _usage_stamp(self, account: str) -> int | None:
+        try:
+            return os.stat(os.path.join(self.root.account_dir(account), USAGE_STAMP)).st_mtime_ns
+        except FileNotFoundError:
+            return None
 
     def _reserve(self, account: str, nbytes: int, quota: int | None) -> None:
         used = self.usage(account)
@@ -323,10 +347,15 @@ class SetStore:
             self._usage[account] = self._usage.get(account, nbytes) - nbytes
 
     def count_stored(self, account: str, nbytes: int) -> None:
-        """Bytes the server itself added (positive) or removed (negative), such as gc's."""
+        """Bytes gc added (positive) or removed (negative); a running server, another
+        process, notices the account's usage stamp and counts again."""
         self.usage(account)
         with self._lock:
             self._usage[account] += nbytes
+            stamp = os.path.join(self.root.account_dir(account), USAGE_STAMP)
+            with open(stamp, "a"):
+                os.utime(stamp)
+            self._usage_seen[account] = self._usage_stamp(account)
 
     def _drop_run(self, account: str, name: str, lease: dict) -> None:
         """Remove the packs the lease holder uploaded and no commit names (quota refusal)."""
