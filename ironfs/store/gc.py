@@ -59,7 +59,7 @@ def _collect(sets, account: str, name: str, dry_run: bool) -> dict:
         live_bytes = sum(b[2] for b in kept)
         if not kept:
             report["dropped"].append(pack)
-        elif live_bytes <= (1 - DEAD_SHARE) * size:
+        elif live_bytes <= (1 - DEAD_SHARE) * sum(b[2] for b in blobs):   # blob bytes; the index is not dead
             report["repacked"].append(pack)
             plans.append((pack, kept))
     dead_contents = list(catalog.dead_contents())
