@@ -62,3 +62,18 @@ def test_bad_policies_are_refused_with_a_clear_error(env, server, tmp_path):
     for args in (["--keep-last", "2", "--keep-daily", "3"], ["--keep-daily", "3", "--timezone", "Mars/Olympus"]):
         proc = env.ironcore("set", "edit", "docs", *args, check=False)
         assert proc.returncode == 2 and b"Traceback" not in proc.stderr, proc.stderr
+
+
+def test_retention_apply_to_a_volume_folder_with_a_given_policy(env, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    env.add_set("docs", src)
+    for i in range(4):
+        (src / f"f{i}").write_bytes(b"%d" % i)
+        env.backup_json("docs")
+    refused = env.ironfs("retention", "apply", env.volume, check=False)
+    assert refused.returncode == 2 and b"--policy" in refused.stderr
+    report = json.loads(env.ironfs("retention", "apply", env.volume, "--policy", '{"last": 2}', "--json").stdout)
+    assert report["forgotten"] == [1, 2]
+    assert listed(env) == [3, 4]
+    env.ironfs("verify", env.volume)

@@ -1,4 +1,5 @@
 """`ironfs`: the server-side command line (volumes, and later the server itself)."""
+import json
 import os
 import sys
 
@@ -299,16 +300,31 @@ def retention():
 
 
 @retention.command("apply")
-@click.argument("account_name")
-@click.argument("set_name")
-@data_root_option
+@click.argument("target")
+@click.argument("set_name", required=False)
+@click.option("--data-root", envvar="IRONFS_DATA_ROOT", type=click.Path(file_okay=False),
+              help="The server's data root, for the ACCOUNT SET form (or IRONFS_DATA_ROOT).")
+@click.option("--policy", "policy_json", default=None,
+              help='For a volume folder: the policy as JSON, e.g. \'{"daily": 7, "weekly": 4}\' (RETENTION.md).')
 @click.option("--dry-run", is_flag=True, help="Show what would go; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def retention_apply(account_name, set_name, data_root, dry_run, as_json):
-    """List every snapshot of SET_NAME with the rules that keep it or why it goes,
-    and forget those that go (a `forget` commit; gc frees their data)."""
+def retention_apply(target, set_name, data_root, policy_json, dry_run, as_json):
+    """List every snapshot of set SET_NAME of account TARGET (or of the volume
+    folder TARGET) with the rules that keep it or why it goes, and forget those
+    that go (a `forget` commit; gc frees their data)."""
     from ironfs.store import retention as policy
-    report = policy.apply(admin_sets(data_root, account_name), account_name, set_name, dry_run=dry_run)
+    if is_volume(target) and set_name is None:
+        if not policy_json:
+            raise UsageError("A volume folder holds no policy.", "Give one with --policy JSON (see RETENTION.md).")
+        try:
+            settings = json.loads(policy_json)
+        except ValueError:
+            raise UsageError("--policy is not JSON.") from None
+        report = policy.apply_to_volume(Volume(target), settings, dry_run=dry_run)
+    else:
+        if not data_root or not set_name:
+            raise UsageError("Give ACCOUNT SET with --data-root, or a volume folder with --policy.")
+        report = policy.apply(admin_sets(data_root, target), target, set_name, dry_run=dry_run)
     if as_json:
         print_json(report)
         return

@@ -58,3 +58,19 @@ def apply(sets, account: str, name: str, dry_run: bool = False, now: datetime.da
         seq = sets.forget(account, name, gone, after_commit)
     return {"set": name, "snapshots": verdicts, "forgotten": gone if not dry_run else [], "commit": seq,
             "dry_run": dry_run, "time_ns": time.time_ns()}
+
+
+def apply_to_volume(volume, settings: dict, dry_run: bool = False, now: datetime.datetime | None = None) -> dict:
+    """The same for a volume folder (a local set, a seed copy), with the policy given:
+    no grace period, since the policy comes from whoever runs the command."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    verdicts = plan({"settings": {"retention": settings}}, volume.refresh().snapshots(), now)
+    gone = [v["seq"] for v in verdicts if not v["keep"]]
+    seq = None
+    if gone and not dry_run:
+        with volume.writer() as writer:
+            commit = writer.start_commit("forget")
+            commit.add({"t": "forget", "snapshots": gone})
+            seq = writer.finish_commit(commit)
+    return {"set": volume.root, "snapshots": verdicts, "forgotten": gone if not dry_run else [], "commit": seq,
+            "dry_run": dry_run, "time_ns": time.time_ns()}
