@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from client import config
 from client.keys import load_key, save_key
 from client.remote import ServerClient, ServerError
-from ironfs.errors import CorruptData, IroncoreError, VolumeBusy
+from ironfs.errors import CorruptData, IroncoreError, MissingData, VolumeBusy
 from ironfs.format import log as commitlog, pack as packfmt
 from ironfs.format.fsutil import publish, tmp_name, write_atomic
 from ironfs.format.volume import ReadShape, Volume, VolumeWriter
@@ -107,7 +107,12 @@ class RemoteVolume(Volume):
             with open(self._index_path(name), "rb") as f:
                 raw = f.read()
         except FileNotFoundError:
-            response = self.server.call("GET", self.api(f"/packs/{name}/index"))
+            try:
+                response = self.server.call("GET", self.api(f"/packs/{name}/index"))
+            except ServerError as exc:
+                if exc.status == 404:   # dropped by gc since the commit that named it
+                    raise MissingData(f"Pack {name} is no longer on the server.") from None
+                raise
             size, tail = int(response.headers["Ironcore-Pack-Size"]), response.content
             entries = packfmt.parse_index(tail, size, name)
             self.keep_index(name, size, tail)

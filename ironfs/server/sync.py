@@ -198,6 +198,8 @@ class SyncApi:
         """The index trailer alone, so a client learns a pack's blobs without its data."""
         vol = self.sets.volume(account["name"], set_name)
         path = vol.pack_path(pack_name(name))
+        if not os.path.exists(path):
+            raise NotFound(f"Pack {name} is not in this set (gc may have dropped it).")
         entries = vol.pack_index(name)
         size = os.path.getsize(path)
         want = packfmt.FOOTER.size + len(entries) * packfmt.ENTRY.size
