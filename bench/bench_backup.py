@@ -53,7 +53,23 @@ WORDS = ("the of and to in is that for it as was with be by on not he this are o
          "error warning info debug request response latency throughput disk memory network cpu thread").split()
 
 
+def ironcore_version() -> str:
+    """The installed version with the git commit, and whether product code has uncommitted changes."""
+    try:
+        from importlib.metadata import version
+        v = version("ironcore")
+    except Exception:  # noqa: BLE001 - the script may run outside the venv
+        v = "?"
+    git = ["git", "-C", REPO_ROOT]
+    rev = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(git + ["status", "--porcelain", "--", "client", "ironfs", "native"],
+                           capture_output=True, text=True).stdout.split("\n")
+    dirty = [line[3:] for line in dirty if line[:2].strip() and not line.startswith("??")]
+    return f"ironcore {v} (git {rev or '?'}" + (f", uncommitted changes in {', '.join(dirty)})" if dirty else ")")
+
+
 # --- the tree -----------------------------------------------------------------------------------
+
 
 class Spec:
     """Sizes of the generated tree for a given scale (1.0 = about 1.5 GiB)."""
@@ -346,17 +362,7 @@ class Ironcore(Tool):
         self.env.update(IRONCORE_HOME=self.home, IRONCORE_PASSWORD=PASSWORD)
 
     def version(self):
-        try:
-            from importlib.metadata import version
-            v = version("ironcore")
-        except Exception:  # noqa: BLE001 - the script may run outside the venv
-            v = "?"
-        git = ["git", "-C", REPO_ROOT]
-        rev = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(git + ["status", "--porcelain", "--", "client", "ironfs", "native"],
-                               capture_output=True, text=True).stdout.split("\n")
-        dirty = [line[3:] for line in dirty if line[:2].strip() and not line.startswith("??")]
-        return f"ironcore {v} (git {rev or '?'}" + (f", uncommitted changes in {', '.join(dirty)})" if dirty else ")")
+        return ironcore_version()
 
     def init(self):
         run([self.exe, "set", "add", "bench", "--source", self.source, "--to", f"file://{self.repo}"], self.env)

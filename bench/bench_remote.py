@@ -284,18 +284,7 @@ def loadavg() -> str:
 
 
 def versions() -> dict:
-    try:
-        from importlib.metadata import version
-        v = version("ironcore")
-    except Exception:  # noqa: BLE001 - the script may run outside the venv
-        v = "?"
-    git = ["git", "-C", REPO_ROOT]
-    rev = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(git + ["status", "--porcelain", "--", "client", "ironfs", "native"],
-                           capture_output=True, text=True).stdout.split("\n")
-    dirty = [line[3:] for line in dirty if line[:2].strip() and not line.startswith("??")]
-    out = {"ironcore": f"ironcore {v} (git {rev or '?'}"
-                       + (f", uncommitted changes in {', '.join(dirty)})" if dirty else ")"),
+    out = {"ironcore": bb.ironcore_version(),
            "openssl": ssl.OPENSSL_VERSION}
     for pkg in ("cheroot", "httpx"):
         try:

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import BIN
 from serverkit import login, server  # noqa: F401 (server is a fixture)
-from test_remote import ALICE_PW, add_server_set, make_tree
+from test_remote import ALICE_PW, add_server_set, make_tree, private_key_set
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
 
@@ -259,13 +259,7 @@ def test_a_damaged_pack_fails_only_the_reads_it_touches(env, server, tmp_path, a
 
 
 def test_ironcore_mount_decrypts_on_the_client_for_a_private_key_set(env, server, tmp_path):
-    src = tmp_path / "src"
-    make_tree(src, random.Random(12))
-    keyfile = tmp_path / "set.key"
-    keyfile.write_bytes(b"a private key nobody else has\n")
-    login(env, server.url)
-    add_server_set(env, "vault", src, extra=["--private-key-file", keyfile])
-    env.backup_json("vault")
+    src, _ = private_key_set(env, server, tmp_path, "vault", 12)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     env.ironcore("mount", "vault", mnt)

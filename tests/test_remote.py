@@ -244,14 +244,20 @@ def test_login_slot_follows_password_changes(env, server, tmp_path):
     assert_same_tree(src, third.restored(tmp_path / "out2", src))
 
 
-def test_private_key_set_needs_the_key_on_another_machine(env, server, tmp_path):
+def private_key_set(env, server, tmp_path, name: str, seed: int):
+    """A set on the server under a key the server never sees, backed up once: (source, key file)."""
     src = tmp_path / "src"
-    make_tree(src, random.Random(5))
+    make_tree(src, random.Random(seed))
     keyfile = tmp_path / "set.key"
     keyfile.write_bytes(b"a private key nobody else has\n")
     login(env, server.url)
-    add_server_set(env, "docs", src, extra=["--private-key-file", keyfile])
-    env.backup_json("docs")
+    add_server_set(env, name, src, extra=["--private-key-file", keyfile])
+    env.backup_json(name)
+    return src, keyfile
+
+
+def test_private_key_set_needs_the_key_on_another_machine(env, server, tmp_path):
+    src, keyfile = private_key_set(env, server, tmp_path, "docs", 5)
     other = machine(tmp_path, "other")
     login(other, server.url)
     no_key = dict(other.env)
