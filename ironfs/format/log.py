@@ -22,6 +22,7 @@ MAGIC = b"IRONCMIT"
 VERSION = 1
 HEADER = MAGIC + bytes((VERSION,)) + bytes(7)
 TRAILER_LEN = 32
+BATCH = 256 * 1024   # bytes of packed records handed to zstd at once
 SEQ_DIGITS = 10
 COMMIT_RE = re.compile(r"^(\d{%d})\.commit$" % SEQ_DIGITS)
 
@@ -61,6 +62,7 @@ class CommitWriter:
         self._file = open(self.path, "wb")
         self._count = 0
         self._packer = msgpack.Packer(use_bin_type=True)
+        self._pending = bytearray()
         try:
             self._raw = _HashingWriter(self._file, self._hash)
             self._raw.write(HEADER)
@@ -74,17 +76,25 @@ class CommitWriter:
         """Append a record; a path that could escape a folder is refused before it is written."""
         if "p" in record:
             split_path(record["p"])
+        self._pending += self._packer.pack(record)
+        self._count += 1
+        if len(self._pending) >= BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Records reach the compressor in batches: one call per record costs more than packing it."""
         try:
-            self._zstd.write(self._packer.pack(record))
+            self._zstd.write(self._pending)
         except OSError as exc:
             self.abort()
             raise_if_full(exc, "a commit")
-        self._count += 1
+        self._pending = bytearray()
 
     def finish(self) -> str:
         final = os.path.join(self.log_dir, commit_name(self.seq))
+        self._pending += self._packer.pack({"t": "end", "n": self._count})
+        self._flush()
         try:
-            self._zstd.write(self._packer.pack({"t": "end", "n": self._count}))
             self._zstd.close()
             self._file.write(self._hash.digest())
             self._file.close()
