@@ -273,11 +273,14 @@ class Volume:
         except CorruptData as exc:
             raise CorruptData(f"{exc.message} (pack {pack})") from None
 
-    def read_blobs(self, blob_ids) -> dict:
+    def read_blobs(self, blob_ids, sealer: crypto.BlobSealer | None = None) -> dict:
         """Plaintexts of several blobs: blob id -> bytes, or the IroncoreError that
         blob met (one bad blob fails only what uses it). Blobs that lie close
-        together in a pack are read with one pread."""
-        self.require_key()
+        together in a pack are read with one pread. `sealer`: another key's, for a
+        keyless volume shared between sessions (WebDAV)."""
+        if sealer is None:
+            self.require_key()
+            sealer = self.sealer
         wanted = set(blob_ids)
         locations = self.catalog().blob_locations(wanted)
         out = {b: MissingData(f"Blob {b.hex()} is not in any sound pack.") for b in wanted - locations.keys()}
@@ -290,13 +293,13 @@ class Volume:
             for item in items + [None]:
                 if span and (item is None or item[0] - (span[-1][0] + span[-1][1]) > SPAN_GAP
                              or item[0] + item[1] - span[0][0] > SPAN_MAX):
-                    self._open_span(pack, span, out)
+                    self._open_span(pack, span, out, sealer)
                     span = []
                 if item is not None:
                     span.append(item)
         return out
 
-    def _open_span(self, pack: str, span: list, out: dict) -> None:
+    def _open_span(self, pack: str, span: list, out: dict, sealer: crypto.BlobSealer) -> None:
         start = span[0][0]
         try:
             data = memoryview(self.read_sealed(pack, start, span[-1][0] + span[-1][1] - start))
@@ -306,7 +309,7 @@ class Volume:
             return
         for offset, length, raw_length, blob_id in span:
             try:
-                out[blob_id] = self.sealer.open(blob_id, data[offset - start:offset - start + length], raw_length)
+                out[blob_id] = sealer.open(blob_id, data[offset - start:offset - start + length], raw_length)
             except CorruptData as exc:
                 out[blob_id] = CorruptData(f"{exc.message} (pack {pack})")
 

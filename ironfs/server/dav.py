@@ -33,7 +33,7 @@ from wsgidav.request_resolver import RequestResolver
 from wsgidav import util
 from wsgidav.wsgidav_app import WsgiDAVApp
 
-from ironfs.errors import CorruptData, IroncoreError, MissingData, WrongSecret
+from ironfs.errors import IroncoreError, WrongSecret
 from ironfs.format import crypto
 from ironfs.format.catalog import ROOT, split_path
 from ironfs.format.reader import ContentReader
@@ -199,24 +199,18 @@ class KeyedVolume:
         self.sealer = crypto.BlobSealer(key)
 
     def read_blobs(self, blob_ids) -> dict:
-        catalog = self.volume.catalog()
-        locations = catalog.blob_locations(set(blob_ids))
-        out = {}
-        for blob_id in blob_ids:
-            loc = locations.get(blob_id)
-            if loc is None:
-                out[blob_id] = MissingData(f"Blob {blob_id.hex()} is not in any sound pack.")
-                continue
-            pack, offset, length, raw_length = loc
-            try:
-                out[blob_id] = self.sealer.open(blob_id, self.volume.read_sealed(pack, offset, length), raw_length)
-            except IroncoreError as exc:
-                out[blob_id] = CorruptData(f"{exc.message} (pack {pack})")
-        return out
+        return self.volume.read_blobs(blob_ids, self.sealer)
 
 
 # --- resources ---------------------------------------------------------------------------
-class AccountRoot(DAVCollection):
+class PathFolder(DAVCollection):
+    """A folder whose members are found by the provider at the path below it."""
+
+    def get_member(self, name):
+        return self.provider.get_resource_inst(f"{self.path.rstrip('/')}/{name}", self.environ)
+
+
+class AccountRoot(PathFolder):
     """The account's sets; for an admin, when the server allows it, also ADMIN_VIEW."""
 
     def get_member_names(self):
@@ -224,21 +218,15 @@ class AccountRoot(DAVCollection):
         names = self.provider.sets.names(session.account)
         return names + [ADMIN_VIEW] if self.provider.admin_view_for(session) else names
 
-    def get_member(self, name):
-        return self.provider.get_resource_inst("/" + name, self.environ)
 
-
-class AccountList(DAVCollection):
+class AccountList(PathFolder):
     """Every account, for an admin (names and sizes only: their keys stay closed)."""
 
     def get_member_names(self):
         return [a["name"] for a in self.provider.root.accounts.list()]
 
-    def get_member(self, name):
-        return self.provider.get_resource_inst(f"/{ADMIN_VIEW}/{name}", self.environ)
 
-
-class OwnerSets(DAVCollection):
+class OwnerSets(PathFolder):
     def __init__(self, path, environ, owner: str):
         super().__init__(path, environ)
         self.owner = owner
@@ -246,11 +234,8 @@ class OwnerSets(DAVCollection):
     def get_member_names(self):
         return self.provider.sets.names(self.owner)
 
-    def get_member(self, name):
-        return self.provider.get_resource_inst(f"{self.path.rstrip('/')}/{name}", self.environ)
 
-
-class SetFolder(DAVCollection):
+class SetFolder(PathFolder):
     def __init__(self, path, environ, view: View):
         super().__init__(path, environ)
         self.view = view
@@ -258,11 +243,8 @@ class SetFolder(DAVCollection):
     def get_member_names(self):
         return ["latest", "snapshots"] if self.view.catalog.snapshots() else ["snapshots"]
 
-    def get_member(self, name):
-        return self.provider.get_resource_inst(self.path.rstrip("/") + "/" + name, self.environ)
 
-
-class SnapshotList(DAVCollection):
+class SnapshotList(PathFolder):
     def __init__(self, path, environ, view: View):
         super().__init__(path, environ)
         self.view = view
@@ -270,11 +252,8 @@ class SnapshotList(DAVCollection):
     def get_member_names(self):
         return list(self.view.snapshot_names())
 
-    def get_member(self, name):
-        return self.provider.get_resource_inst(self.path.rstrip("/") + "/" + name, self.environ)
 
-
-class Folder(DAVCollection):
+class Folder(PathFolder):
     """A folder of a snapshot (or its top)."""
 
     def __init__(self, path, environ, view: View, seq: int, path_id: int, mtime_ns: int | None):
@@ -302,9 +281,6 @@ class Folder(DAVCollection):
                                                           "than one answer may list; restore it with the client.")
             members.append(make_entry(f"{base}/{decode_name(e.name)}", self.environ, self.view, self.seq, e))
         return members
-
-    def get_member(self, name):
-        return self.provider.get_resource_inst(self.path.rstrip("/") + "/" + name, self.environ)
 
 
 class File(DAVNonCollection):
