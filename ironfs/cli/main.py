@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+from importlib.metadata import entry_points
 
 import click
 
@@ -207,11 +208,12 @@ def account_remove(name, data_root, yes):
 @click.option("--plain-http", is_flag=True, help="Serve without TLS (loopback addresses only).")
 @click.option("--lease-seconds", default=LEASE_SECONDS, show_default=True, type=click.IntRange(1, 86400),
               help="How long a backup's hold on its set outlives the last sign of life from its machine.")
-def serve(data_root, listen, plain_http, lease_seconds):
+@click.option("--read-only", is_flag=True, help="Serve restores only (a replica's data root): no backups, no changes.")
+def serve(data_root, listen, plain_http, lease_seconds, read_only):
     """Serve the sync API over TLS until SIGTERM."""
     from ironfs.server.serve import serve as run_server
     root = DataRoot(data_root)
-    run_server(root, listen, plain_http, lease_seconds=lease_seconds,
+    run_server(root, listen, plain_http, lease_seconds=lease_seconds, read_only=read_only,
                announce=lambda line: click.echo(line, nl=True) or sys.stdout.flush())
 
 
@@ -360,5 +362,13 @@ def gc(account_name, set_name, data_root, dry_run, as_json):
     click.echo(f"usage of {account_name}: {format_size(sets.usage(account_name))}")
 
 
+def add_plugins(group: click.Group) -> None:
+    """Commands the other packages of the distribution add (`ironfs replica`), found by
+    entry point so that this package imports none of them."""
+    for entry in entry_points(group="ironfs.commands"):
+        group.add_command(entry.load(), entry.name)
+
+
 def main():
+    add_plugins(cli)
     run_cli(cli)

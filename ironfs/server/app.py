@@ -13,7 +13,7 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from ironfs.errors import CorruptData, DiskFull, Forbidden, IroncoreError, NotFound, UsageError
-from ironfs.server import sync
+from ironfs.server import feed, sync
 from ironfs.server.auth import Authenticator, TooManyFailures
 from ironfs.server.responses import json_response
 from ironfs.store.accounts import AuthFailed
@@ -60,18 +60,44 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
+class ReadOnlyServer(Forbidden):
+    def __init__(self):
+        super().__init__("This server is a read-only replica: it serves restores and nothing that changes a set.",
+                         "Back up to the source server, or make this one writable with 'ironfs replica promote'.")
+
+
+# The only requests other than GET and HEAD that a read-only server answers: a machine's
+# login (it only adds a token) and the question which blobs a set lacks.
+READ_ONLY_POSTS = {"new_token", "check_blobs"}
+
+
 class ApiApp:
-    def __init__(self, root, authenticator: Authenticator | None = None, sets: SetStore | None = None):
+    def __init__(self, root, authenticator: Authenticator | None = None, sets: SetStore | None = None,
+                 read_only: bool = False):
         self.root = root
         self.auth = authenticator or Authenticator(root)
         self.metrics = Metrics()
         self.sets = sets or SetStore(root)
+        self.read_only = read_only
         self.sync = sync.SyncApi(root, self.sets, self.metrics, self._json_body)
+        self.feed = feed.FeedApi(root, self.sets, self.sync)
         self.url_map = Map([
             Rule("/api/v1/whoami", endpoint="whoami", methods=["GET"]),
             Rule("/api/v1/tokens", endpoint="new_token", methods=["POST"]),
             Rule("/metrics", endpoint="metrics", methods=["GET"]),
-        ] + sync.RULES)
+        ] + sync.RULES + feed.RULES)
+
+    def _account_route(self, request: Request, endpoint: str, args: dict) -> Response:
+        """A route that acts for the authenticated caller: the feed for replicas,
+        the sync API for everyone else."""
+        account = self.auth(request.environ)
+        if endpoint in feed.ENDPOINTS:
+            return getattr(self.feed, endpoint)(request, account, **args)
+        if account["role"] == "replica":
+            raise Forbidden("A replication token opens the replication feed and nothing else.")
+        if self.read_only and request.method not in ("GET", "HEAD") and endpoint not in READ_ONLY_POSTS:
+            raise ReadOnlyServer()
+        return getattr(self.sync, endpoint)(request, account, **args)
 
     def __call__(self, environ, start_response):
         request = Request(environ)
@@ -82,8 +108,8 @@ class ApiApp:
             handler = getattr(self, "on_" + endpoint, None)
             if handler is not None:
                 response = handler(request, **args)
-            else:   # every sync route acts for the caller's own account
-                response = getattr(self.sync, endpoint)(request, self.auth(environ), **args)
+            else:
+                response = self._account_route(request, endpoint, args)
         except TooManyFailures as exc:
             response = json_response({"error": exc.message, "hint": exc.hint}, 429,
                                      {"Retry-After": str(exc.retry_after)})
@@ -132,14 +158,18 @@ class ApiApp:
         account = self.auth(request.environ)
         if account["role"] != "owner":
             raise Forbidden("A new machine login needs the account password.")
-        host = str(self._json_body(request).get("host", ""))[:255]
-        token = self.root.accounts.issue_token(account["name"], host)
-        logger.info("event=machine-login account=%s host=%r", account["name"], host)
+        body = self._json_body(request)
+        host = str(body.get("host", ""))[:255]
+        role = body.get("role", "client")
+        if role not in ("client", "replica") or (role == "replica" and not account["admin"]):
+            raise Forbidden("Only the admin can make a replication token; other logins are machine logins.")
+        token = self.root.accounts.issue_token(account["name"], host, role)
+        logger.info("event=machine-login account=%s host=%r role=%s", account["name"], host, role)
         return json_response({"token": token, "account": account["name"]}, 201)
 
     def on_metrics(self, request: Request) -> Response:
         account = self.auth(request.environ)
-        if not account["admin"]:
+        if not account["admin"] or account["role"] == "replica":
             raise Forbidden("Metrics are for the admin.")
         usage = {a["name"]: self.sets.usage(a["name"]) for a in self.root.accounts.list()}
         return Response(self.metrics.text(usage), mimetype="text/plain; version=0.0.4")

@@ -75,14 +75,20 @@ def log_to_data_root(root) -> logging.Handler:
     return handler
 
 
-def serve(root, listen: str, plain_http: bool = False, lease_seconds: float = LEASE_SECONDS, announce=print) -> None:
+def serve(root, listen: str, plain_http: bool = False, lease_seconds: float = LEASE_SECONDS, announce=print,
+          read_only: bool = False) -> None:
+    replica_of = root.settings.get("replica_of")
+    if replica_of and not read_only:
+        raise UsageError(f"{root.path} is a replica of {replica_of['url']}: serving it writable would fork it.",
+                         "Serve it with --read-only for restores, or make it a server of its own with "
+                         "'ironfs replica promote' once that source is gone.")
     log_to_data_root(root)
     host, port = parse_listen(listen)
     if plain_http and not is_loopback(host):
         raise UsageError("--plain-http is only allowed on a loopback address.",
                          "Passwords and data would cross the network in the clear; serve TLS instead.")
     sets = SetStore(root, lease_seconds)
-    api = ApiApp(root, sets=sets)
+    api = ApiApp(root, sets=sets, read_only=read_only)
     app = wsgi.PathInfoDispatcher({"/dav": dav_app(root, sets, api.auth.limiter), "/": api})
     server = wsgi.Server((host, port), app, numthreads=WORKERS, timeout=SOCKET_TIMEOUT,
                          server_name="ironcore")
@@ -95,7 +101,7 @@ def serve(root, listen: str, plain_http: bool = False, lease_seconds: float = LE
     scheme = "http" if plain_http else "https"
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     announce(f"listening on {scheme}://{shown}:{bound_port}")
-    logger.info("event=start url=%s://%s:%d", scheme, shown, bound_port)
+    logger.info("event=start url=%s://%s:%d read_only=%s", scheme, shown, bound_port, read_only)
 
     def stop(signum, frame):
         logger.info("signal %s: stopping after the requests in progress", signum)

@@ -176,7 +176,7 @@ class SyncApi:
         return json_response({"seq": seq}, 201)
 
     # --- reading --------------------------------------------------------------------------
-    def _file(self, request, path: str, ranges: bool = False) -> Response:
+    def send_file(self, request, path: str, ranges: bool = False) -> Response:
         try:
             f = open(path, "rb")
         except FileNotFoundError:
@@ -184,15 +184,14 @@ class SyncApi:
         size = os.fstat(f.fileno()).st_size
         response = Response(wrap_file(request.environ, f, SEND_CHUNK), mimetype="application/octet-stream",
                             direct_passthrough=True)
+        response.content_length = size   # whole answers say their length too, so a cut one is noticed
         if ranges:
             response.make_conditional(request, accept_ranges=True, complete_length=size)
-        else:
-            response.content_length = size
         return response
 
     def get_pack(self, request, account, set_name, name):
         vol = self.sets.volume(account["name"], set_name)
-        return self._file(request, vol.pack_path(pack_name(name)), ranges=True)
+        return self.send_file(request, vol.pack_path(pack_name(name)), ranges=True)
 
     def get_pack_index(self, request, account, set_name, name):
         """The index trailer alone, so a client learns a pack's blobs without its data."""
@@ -225,7 +224,7 @@ class SyncApi:
         vol = self.sets.volume(account["name"], set_name)
         if seq < 1:
             raise UsageError("Commits are numbered from 1.")
-        return self._file(request, os.path.join(vol.root, "log", commitlog.commit_name(seq)))
+        return self.send_file(request, os.path.join(vol.root, "log", commitlog.commit_name(seq)))
 
     def list_snapshots(self, request, account, set_name):
         return json_response(self.sets.volume(account["name"], set_name).refresh().snapshots())

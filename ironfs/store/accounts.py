@@ -120,6 +120,31 @@ class AccountStore:
         self.db.execute("UPDATE accounts SET removed_ns=? WHERE name=?", (now, name))
         self.db.execute("UPDATE tokens SET revoked_ns=? WHERE account=? AND revoked_ns IS NULL", (now, name))
 
+    # --- replication: a replica keeps the accounts of its source, password hashes included,
+    # so that its users can log in to it when it serves their restores or is promoted.
+    def export(self) -> "list[dict]":
+        return [{"name": n, "password_hash": h, "quota": q, "admin": bool(a), "created_ns": c}
+                for n, h, q, a, c in self.db.execute(
+                    "SELECT name, password_hash, quota, admin, created_ns FROM accounts WHERE removed_ns IS NULL "
+                    "ORDER BY name")]
+
+    def mirror(self, rows: "list[dict]") -> None:
+        """Make the accounts those of `rows` (from a source's `export`); accounts the
+        source no longer has are marked removed, their data kept."""
+        now = time.time_ns()
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            for row in rows:
+                check_account_name(row["name"])
+                self.db.execute(
+                    "INSERT INTO accounts(name, password_hash, quota, admin, created_ns) VALUES(?,?,?,?,?) "
+                    "ON CONFLICT(name) DO UPDATE SET password_hash=excluded.password_hash, quota=excluded.quota, "
+                    "admin=excluded.admin, created_ns=excluded.created_ns, removed_ns=NULL",
+                    (row["name"], row["password_hash"], row["quota"], int(row["admin"]), row["created_ns"]))
+            names = [row["name"] for row in rows]
+            self.db.execute(f"UPDATE accounts SET removed_ns=? WHERE removed_ns IS NULL AND name NOT IN "
+                            f"({','.join('?' * len(names))})", (now, *names))
+
     # --- client tokens: what a logged-in machine keeps instead of the password ---------
     def issue_token(self, name: str, host: str, role: str = "client") -> str:
         """A new random token for `name`; only its SHA-256 is stored (it is 256 random

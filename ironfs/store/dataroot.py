@@ -52,6 +52,17 @@ def make_self_signed(hostname: str) -> tuple[bytes, bytes]:
                               serialization.NoEncryption()))
 
 
+def make_layout(path: str) -> None:
+    """The folders of a new data root and its self-signed TLS certificate."""
+    for sub in ("tls", "accounts", "logs"):
+        os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+    cert, key = make_self_signed(socket.gethostname())
+    fd = os.open(os.path.join(path, "tls", "key.pem"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    write_atomic(os.path.join(path, "tls", "cert.pem"), cert)
+
+
 class DataRoot:
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
@@ -71,14 +82,7 @@ class DataRoot:
         path = os.path.abspath(path)
         if os.path.exists(os.path.join(path, "ironfs.json")):
             raise UsageError(f"{path} is a data root already.", "Use it as it is, or choose an empty folder.")
-        for sub in ("tls", "accounts", "logs"):
-            os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
-        cert, key = make_self_signed(socket.gethostname())
-        key_path = os.path.join(path, "tls", "key.pem")
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key)
-        write_atomic(os.path.join(path, "tls", "cert.pem"), cert)
+        make_layout(path)
         store = AccountStore(os.path.join(path, "accounts.db"))
         store.add(admin_name, admin_password, quota=None, admin=True)
         store.close()

@@ -114,6 +114,8 @@ class SetStore:
         self._usage: dict[str, int] = {}
         self._usage_seen: dict[str, int | None] = {}
         self._closing = False
+        self._changes = threading.Condition()   # notified on any commit or settings change (the replication feed)
+        self.changes = 0
 
     # --- places --------------------------------------------------------------------
     def set_dir(self, account: str, name: str) -> str:
@@ -178,6 +180,7 @@ class SetStore:
             write_atomic(os.path.join(path, "set.json"), json.dumps(
                 {"name": name, "created_ns": time.time_ns(), "settings": settings, "machines": {}}, indent=1).encode())
         logger.info("event=set-created account=%s set=%s", account, name)
+        self.changed()
         return self.info(account, name)
 
     def _update(self, account: str, name: str, change) -> dict:
@@ -186,6 +189,7 @@ class SetStore:
             info = self._read_json(path)
             change(info)
             write_atomic(path, json.dumps(info, indent=1).encode())
+        self.changed()
         return self.info(account, name)
 
     def update_settings(self, account: str, name: str, settings: dict) -> dict:
@@ -218,6 +222,7 @@ class SetStore:
             vol.refresh()
             cond.notify_all()
         logger.info("event=forget account=%s set=%s seq=%d snapshots=%d", account, name, seq, len(seqs))
+        self.changed()
         return seq
 
     def set_machine(self, account: str, name: str, host: str, scheduled: bool) -> dict:
@@ -237,6 +242,7 @@ class SetStore:
             config["slots"] = [s for s in config["slots"] if s["name"] != slot["name"]] + [slot]
             write_atomic(os.path.join(vol.root, "volume.json"), json.dumps(config, indent=1).encode())
             vol.config = config
+        self.changed()
 
     # --- the writer lease ------------------------------------------------------------
     def _lease_path(self, account: str, name: str) -> str:
@@ -473,6 +479,7 @@ class SetStore:
             self._save_lease(account, name, lease)
             cond.notify_all()
         logger.info("event=commit account=%s set=%s seq=%d bytes=%d", account, name, seq, length)
+        self.changed()
         return seq
 
     def _check_commit(self, vol: Volume, path: str, seq: int) -> None:
@@ -507,9 +514,27 @@ class SetStore:
                     return head
                 cond.wait(min(left, 5.0))   # also notices commits made by another process
 
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def changed(self) -> None:
+        """Wake the replication feed's long polls: something in a set changed."""
+        with self._changes:
+            self.changes += 1
+            self._changes.notify_all()
+
+    def wait_for_change(self, seen: int, timeout: float) -> int:
+        """The change counter, waiting up to `timeout` s for it to pass `seen`."""
+        with self._changes:
+            if self.changes == seen and not self._closing:
+                self._changes.wait(timeout)
+            return self.changes
+
     def shutdown(self) -> None:
         """Answer every waiting long poll now, so the server can stop without waiting them out."""
         self._closing = True
+        self.changed()
         with self._lock:
             conds = list(self._set_locks.values())
         for cond in conds:
