@@ -1,11 +1,14 @@
 """`ironcore`: the backup client's command line."""
+import contextlib
 import os
+import signal
 import sys
 import tempfile
+import threading
 
 import click
 
-from client import config, keys, remote
+from client import config, keys, remote, reports as run_reports, schedule
 from client.backup import Backup
 from client.remote_volume import RemoteVolume
 from client.progress import maybe_progress
@@ -16,7 +19,7 @@ from ironfs.cli.edge import print_json, print_snapshots, run_cli
 from ironfs.errors import NotFound, UsageError
 from ironfs.format.volume import Volume, is_volume
 from ironfs.store.sets import check_set_name
-from ironfs.store.sizes import format_size
+from ironfs.store.sizes import format_size, parse_size
 
 password_stdin = click.option("--password-stdin", is_flag=True, help="Read the set's password from standard input.")
 json_flag = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -39,19 +42,26 @@ def set_group():
 @click.option("--to", "destination", default=None,
               help="file:///DIR for a local volume; left out, the server this machine is logged in to.")
 @click.option("--exclude", "excludes", multiple=True, help="A glob of names or paths to skip (repeatable).")
+@click.option("--schedule", "schedules", multiple=True,
+              help="On a server: when the daemon runs the set, e.g. 'daily 02:00', 'weekly mon,fri 22:00', "
+                   "'monthly 1 03:00', 'every 2 hours' (repeatable; see docs/DAEMON.md).")
 @click.option("--private-key-file", type=click.File("rb"), default=None,
               help="On a server: encrypt with the key in this file, which the server never sees "
                    "(default: the account password, so the server can show files on the web).")
 @password_stdin
-def set_add(name, sources, destination, excludes, private_key_file, password_stdin):
+def set_add(name, sources, destination, excludes, schedules, private_key_file, password_stdin):
     """Create backup set NAME and its encrypted volume."""
     check_set_name(name)
     sources = [os.path.abspath(s) for s in sources]
     if os.path.exists(config.set_path(name)):
         raise UsageError(f"A set named {name!r} exists already.", "Pick another name.")
+    rules = [schedule.parse_rule(r) for r in schedules]
     if destination is None or destination.startswith(("https://", "http://")):
-        add_server_set(name, sources, destination, list(excludes), private_key_file, password_stdin)
+        add_server_set(name, sources, destination, list(excludes), private_key_file, password_stdin, rules)
         return
+    if rules:
+        raise UsageError("Schedules are settings of sets on a server (the daemon runs those).",
+                         "Log in to a server and leave --to out, or run 'ironcore backup' from cron.")
     bset = config.BackupSet(name=name, sources=sources, destination=config.check_destination(destination),
                             excludes=list(excludes))
     secret = config.read_secret(password_stdin, confirm=True)
@@ -65,7 +75,7 @@ def set_add(name, sources, destination, excludes, private_key_file, password_std
     click.echo("Keep the password safe: without it nobody, including you, can restore this data.")
 
 
-def add_server_set(name, sources, destination, excludes, private_key_file, password_stdin):
+def add_server_set(name, sources, destination, excludes, private_key_file, password_stdin, rules=()):
     """The set's settings and a new volume go to the server; the key stays here too."""
     state = remote.load_state()
     if destination and destination.rstrip("/") != state["url"]:
@@ -83,7 +93,8 @@ def add_server_set(name, sources, destination, excludes, private_key_file, passw
         volume = Volume.create(os.path.join(tmp, "volume"), slots)
         server = remote.connect()
         server.call("PUT", f"/api/v1/sets/{name}", json={
-            "settings": {"sources": sources, "excludes": excludes}, "volume": volume.config}).json()
+            "settings": {"sources": sources, "excludes": excludes, **({"schedule": list(rules)} if rules else {})},
+            "volume": volume.config}).json()
         keys.save_key(volume.id, volume.key)
         server.call("PUT", f"/api/v1/sets/{name}/machines/{config.host_name()}", json={"scheduled": True})
     click.echo(f"Set {name} created on {state['url']}; every machine logged in to {state['account']} sees it.")
@@ -110,12 +121,15 @@ def set_list(as_json):
         sets.append({"name": info["name"], "sources": info["settings"].get("sources", []),
                      "excludes": info["settings"].get("excludes", []), "destination": remote.load_state()["url"],
                      "on_server": True, "keys": info["slots"],
-                     "scheduled_here": info["machines"].get(host, {}).get("scheduled", False)})
+                     "scheduled_here": info["machines"].get(host, {}).get("scheduled", False),
+                     "schedule": [schedule.rule_text(r) for r in info["settings"].get("schedule") or []]})
     if as_json:
         print_json(sets)
         return
     for s in sets:
         here = ("  scheduled here" if s["scheduled_here"] else "  not scheduled here") if s["on_server"] else ""
+        if s.get("schedule"):
+            here += " (" + "; ".join(s["schedule"]) + ")"
         click.echo(f"{s['name']}\t{s['destination']}\t{', '.join(s['sources'])}{here}")
 
 
@@ -138,9 +152,26 @@ def set_list(as_json):
 @click.option("--keep-within", type=click.IntRange(1), help="Simple retention: the snapshots of the last N days.")
 @click.option("--keep-last", type=click.IntRange(1), help="Simple retention: the newest N snapshots.")
 @click.option("--timezone", help="The set's time zone for retention days (default UTC).")
-def set_edit(name, sources, excludes, schedule_here, timezone, **retention_flags):
+@click.option("--schedule", "schedules", multiple=True,
+              help="Replace the schedule with these rules: 'daily 02:00[,13:30]', 'weekly mon,fri 22:00', "
+                   "'monthly 1 03:00', 'every N minutes|hours' (repeatable).")
+@click.option("--no-schedule", is_flag=True, help="Remove the schedule (the daemon then leaves the set alone).")
+@click.option("--pre-command", help="Run this shell command before each backup ('' removes it).")
+@click.option("--pre-timeout", type=click.FloatRange(0, 86400, min_open=True),
+              help="Seconds the pre-backup command may take (default 600).")
+@click.option("--pre-continue-on-error/--pre-stop-on-error", default=None,
+              help="Back up even when the pre-backup command fails (default: skip the backup).")
+@click.option("--post-command", help="Run this shell command after each backup ('' removes it).")
+@click.option("--post-timeout", type=click.FloatRange(0, 86400, min_open=True),
+              help="Seconds the post-backup command may take (default 600).")
+@click.option("--local-copy", type=click.Path(file_okay=False),
+              help="Also keep the set's packs and commits in this folder ('' stops it).")
+@click.option("--bandwidth-limit", help="Upload at most this many bytes per second, e.g. 512K or 2M "
+                                        "('unlimited' removes the limit).")
+def set_edit(name, sources, excludes, schedule_here, timezone, schedules, no_schedule, pre_command, pre_timeout,
+             pre_continue_on_error, post_command, post_timeout, local_copy, bandwidth_limit, **retention_flags):
     """Change the settings of set NAME (kept on the server for server sets)."""
-    bset = find_set(name)[0]
+    bset, info = find_set(name)
     settings = {}
     if sources:
         settings["sources"] = [os.path.abspath(s) for s in sources]
@@ -149,10 +180,14 @@ def set_edit(name, sources, excludes, schedule_here, timezone, **retention_flags
     policy = retention_policy(retention_flags, timezone)
     if policy is not None:
         settings["retention"] = policy
+    daemon_settings = daemon_edits(info["settings"] if info else {}, schedules, no_schedule, pre_command,
+                                   pre_timeout, pre_continue_on_error, post_command, post_timeout, local_copy,
+                                   bandwidth_limit)
+    settings.update(daemon_settings)
     if not bset.on_server:
-        if schedule_here is not None or policy is not None:
-            raise UsageError("Schedules per machine and retention are settings of sets on a server.",
-                             "Use them with a set made while logged in to a server.")
+        if schedule_here is not None or policy is not None or daemon_settings:
+            raise UsageError("Schedules, commands, local copies, bandwidth limits and retention are settings "
+                             "of sets on a server.", "Use them with a set made while logged in to a server.")
         config.save_set(config.BackupSet(**{**vars(bset), **settings}))
     else:
         server = remote.connect()
@@ -162,6 +197,41 @@ def set_edit(name, sources, excludes, schedule_here, timezone, **retention_flags
             server.call("PUT", f"/api/v1/sets/{name}/machines/{config.host_name()}",
                         json={"scheduled": schedule_here})
     click.echo(f"Set {name} updated.")
+
+
+def daemon_edits(current: dict, schedules, no_schedule, pre_command, pre_timeout, pre_continue, post_command,
+                 post_timeout, local_copy, bandwidth_limit) -> dict:
+    """The settings the daemon's options of `set edit` change (the server checks them again)."""
+    out = {}
+    if schedules and no_schedule:
+        raise UsageError("--schedule and --no-schedule contradict each other.")
+    if schedules or no_schedule:
+        out["schedule"] = [schedule.parse_rule(r) for r in schedules]
+    hooks = {k: dict(v) for k, v in (current.get("hooks") or {}).items()}
+    for which, command, timeout, extra in (("pre", pre_command, pre_timeout, pre_continue),
+                                           ("post", post_command, post_timeout, None)):
+        if command is None and timeout is None and extra is None:
+            continue
+        if command == "":
+            hooks.pop(which, None)
+            continue
+        hook = hooks.setdefault(which, {})
+        if command is not None:
+            hook["command"] = command
+        if "command" not in hook:
+            raise UsageError(f"The set has no {which}-backup command.", f"Give one with --{which}-command.")
+        if timeout is not None:
+            hook["timeout"] = timeout
+        if extra is not None:
+            hook["continue_on_error"] = extra
+        out["hooks"] = hooks
+    if pre_command == "" or post_command == "":
+        out["hooks"] = hooks or None
+    if local_copy is not None:
+        out["local_copy"] = os.path.abspath(local_copy) if local_copy else None
+    if bandwidth_limit is not None:
+        out["bandwidth_limit"] = parse_size(bandwidth_limit)
+    return out
 
 
 RETENTION_FLAGS = {"keep_daily": "daily", "keep_weekly": "weekly", "weekly_on": "weekly_on",
@@ -219,8 +289,16 @@ def open_set_volume(name: str, password_stdin: bool, unlock: bool = True):
 @click.argument("name")
 @json_flag
 @password_stdin
-def backup(name, as_json, password_stdin):
-    """Back up set NAME now."""
+@click.option("--reason", default="manual", hidden=True,
+              type=click.Choice(["manual", "schedule", "interval", "missed"]), help="Who started the run (the daemon).")
+def backup(name, as_json, password_stdin, reason):
+    """Back up set NAME now. A set on a server runs its pre- and post-backup
+    commands, keeps its local copy and bandwidth limit, and sends its report;
+    SIGTERM stops it at the next safe point."""
+    bset, info = find_set(name)
+    if bset.on_server:
+        backup_server_set(name, bset, info, as_json, password_stdin, reason)
+        return
     bset, volume = open_set_volume(name, password_stdin)
     progress = maybe_progress(not as_json, "backup", roots=bset.sources)
     cache_dir = os.path.join(config.home(), "cache")
@@ -241,6 +319,40 @@ def backup(name, as_json, password_stdin):
                f"in {report['duration_s']:.1f} s.")
     for err in report["errors"]:
         click.echo(f"  not backed up: {err['path']}: {err['error']}", err=True)
+
+
+def backup_server_set(name, bset, info, as_json, password_stdin, reason):
+    from client.runner import run_server_set
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server = remote.connect()
+    progress = maybe_progress(not as_json, "backup", roots=bset.sources)
+    def read_secret():
+        if reason != "manual" and not os.environ.get("IRONCORE_PASSWORD"):
+            raise UsageError(f"This machine does not keep the key of set {name}, and a scheduled run cannot ask "
+                             "for it.", f"Run 'ironcore backup {name}' once by hand with the password or key (it is "
+                                        "kept from then on), or log in again with 'ironcore login'.")
+        return config.read_secret(password_stdin, prompt="Account password or set key: ")
+
+    try:
+        with progress or contextlib.nullcontext():
+            report, engine, error = run_server_set(server, name, bset, info, read_secret, reason, stop, progress)
+    finally:
+        server.close()
+    if as_json:
+        print_json({**engine, **report})
+    elif report["snapshot"]:
+        click.echo(f"Snapshot {report['snapshot']}: {report['files_new']} new, {report['files_changed']} changed, "
+                   f"{report['files_unchanged']} unchanged files, {report['files_deleted']} removed; "
+                   f"read {format_size(report['bytes_read'])}, sent {format_size(report['bytes_sent'])} "
+                   f"in {report['duration_s']:.1f} s.")
+    if not as_json:
+        for text in run_reports.details({**report, "error": None}):
+            click.echo(text, err=True)
+        for text in report.get("warnings", []):
+            click.echo(f"  warning: {text}", err=True)
+    if error is not None:
+        raise error
 
 
 @cli.command()
@@ -276,10 +388,15 @@ def restore(name, snapshot, path, target, as_json, password_stdin):
     finally:
         volume.close()
     report["snapshot"] = snap["seq"]
+    print_restore(report, target, as_json)
+
+
+def print_restore(report: dict, target: str, as_json: bool) -> None:
+    """A restore's outcome (restore, decrypt); exit 1 if anything could not be restored."""
     if as_json:
         print_json(report)
     else:
-        click.echo(f"Restored snapshot {snap['seq']}: {report['files']} files, {report['dirs']} folders, "
+        click.echo(f"Restored snapshot {report['snapshot']}: {report['files']} files, {report['dirs']} folders, "
                    f"{format_size(report['bytes'])} into {os.path.abspath(target)}.")
         for err in report["errors"]:
             click.echo(f"  FAILED: {err['path']}: {err['error']}", err=True)
@@ -347,5 +464,103 @@ def mount(name, mountpoint, foreground, allow_other, password_stdin):
     mount_and_serve(make_fs, mountpoint, foreground, allow_other, log_to_home)
 
 
+@cli.command("seed-load")
+@click.argument("name")
+@click.option("--to", "folder", required=True, type=click.Path(file_okay=False),
+              help="A new or empty folder (a removable disk) for the seed.")
+@json_flag
+@password_stdin
+def seed_load(name, folder, as_json, password_stdin):
+    """Write the first backup of server set NAME to a folder instead of sending it;
+    the administrator loads it with 'ironfs import-seed ACCOUNT NAME FOLDER'."""
+    from client.seed import seed_load as load
+    bset, info = find_set(name)
+    if not bset.on_server:
+        raise UsageError(f"Set {name} is a local set; a seed is for a set on a server.")
+    server = remote.connect()
+    progress = maybe_progress(not as_json, "seed", roots=bset.sources)
+    try:
+        with progress or contextlib.nullcontext():
+            report = load(server, name, bset, info, folder,
+                          lambda: config.read_secret(password_stdin, prompt="Account password or set key: "), progress)
+    finally:
+        server.close()
+    if as_json:
+        print_json(report)
+        return
+    click.echo(f"Seed of {name} written to {report['folder']}: {report['files_new']} files, "
+               f"{format_size(report['bytes_stored'])}. Send the folder to the administrator, who runs "
+               f"'ironfs import-seed ACCOUNT {name} FOLDER'.")
+    for err in report["errors"]:
+        click.echo(f"  not backed up: {err['path']}: {err['error']}", err=True)
+
+
+@cli.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--to", "target", required=True, type=click.Path(file_okay=False), help="Folder to restore into.")
+@click.option("--snapshot", default="latest", show_default=True, help="Snapshot number, name, or 'latest'.")
+@click.option("--path", default=None, help="Restore only this path of the snapshot.")
+@json_flag
+@password_stdin
+def decrypt(folder, target, snapshot, path, as_json, password_stdin):
+    """Restore from a volume FOLDER without the server: an export ('ironfs export'),
+    a set's local copy or a seed, with the set's key kept here or the secret given."""
+    from client.decrypt import decrypt as run
+    progress = maybe_progress(not as_json, "restore")
+    with progress or contextlib.nullcontext():
+        report = run(folder, target, snapshot, path,
+                     lambda: config.read_secret(password_stdin, prompt="Account password or set key: "), progress)
+    print_restore(report, target, as_json)
+
+
+@cli.command("reports")
+@click.argument("name")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000), help="How many, newest last.")
+@json_flag
+def reports_command(name, limit, as_json):
+    """Show the reports of the last runs of set NAME (kept on the server)."""
+    check_set_name(name)
+    server = remote.connect()
+    try:
+        found = server.call("GET", f"/api/v1/sets/{name}/reports", params={"limit": limit}).json()
+    finally:
+        server.close()
+    if as_json:
+        print_json(found)
+        return
+    if not found:
+        click.echo(f"No runs of {name} reported yet.")
+    for report in found:
+        click.echo(run_reports.line(report))
+        if report["status"] != "ok":
+            for text in run_reports.details(report):
+                click.echo(text)
+
+
+@cli.command()
+@click.option("--stop", is_flag=True, help="Stop the daemon that runs for this $IRONCORE_HOME, after its "
+                                           "running backups reach a safe point.")
+@click.option("--poll-seconds", default=60.0, show_default=True, type=click.FloatRange(0.2, 3600),
+              help="How often the sets' settings are read from the server (changes apply from then on).")
+@click.option("--log-size", default=1 << 20, show_default=True, type=click.IntRange(512),
+              help="The daemon log (IRONCORE_HOME/logs/daemon.log) rotates at this many bytes; five old ones kept.")
+@click.option("--stop-timeout", default=120.0, show_default=True, type=click.FloatRange(1, 86400),
+              help="Seconds a stopping daemon waits for a running backup to reach a safe point before killing it.")
+def daemon(stop, poll_seconds, log_size, stop_timeout):
+    """Run the sets scheduled on this machine, on their schedules, until stopped
+    (SIGTERM, or 'ironcore daemon --stop'). Runs in the foreground: systemd or a
+    terminal keeps it; see deploy/systemd/ironcore.service."""
+    from client import daemon as daemon_mod
+    if stop:
+        pid = daemon_mod.stop_daemon(stop_timeout)
+        click.echo(f"Daemon {pid} stopped.")
+        return
+    daemon_mod.run_daemon(poll_seconds=poll_seconds, log_size=log_size, stop_timeout=stop_timeout)
+
+
 def main():
     run_cli(cli)
+
+
+if __name__ == "__main__":   # `python -m client.cli`: how the daemon starts each run
+    main()

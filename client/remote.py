@@ -5,17 +5,21 @@ Pinning: on first login the server's certificate is fetched and its SHA-256
 shown (or checked against --fingerprint); afterwards TLS accepts only that
 certificate, so a changed one is refused with its new fingerprint in the
 message rather than silently trusted."""
+import base64
 import hashlib
 import json
 import logging
 import os
+import socket
 import ssl
 import time
-from urllib.parse import urlparse
+import urllib.request
+from urllib.parse import unquote, urlparse
 
 import httpx
 
 from client import config
+from client.throttle import TokenBucket, throttled
 from ironfs.errors import IroncoreError, UsageError
 from ironfs.format.fsutil import write_atomic
 
@@ -51,11 +55,76 @@ def split_url(url: str) -> tuple[str, str, int]:
     return parsed.scheme, parsed.hostname, port
 
 
-def fetch_certificate(host: str, port: int) -> str:
+class ProxyRefused(IroncoreError):
+    """The proxy in HTTPS_PROXY / ALL_PROXY did not open a tunnel to the server."""
+
+    exit_code = 7
+
+
+def proxy_for(host: str) -> str | None:
+    """The proxy the standard settings (HTTPS_PROXY, ALL_PROXY, NO_PROXY) give for https to
+    `host`, as httpx reads them; None for a direct connection."""
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get("https") or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass_environment(host, proxies):
+        return None
+    return proxy if "://" in proxy else "http://" + proxy
+
+
+def shown_proxy(proxy: str) -> str:
+    """The proxy's address without its user name and password, for messages and logs."""
+    parsed = urlparse(proxy)
+    return f"{parsed.scheme}://{parsed.hostname}:{parsed.port or 80}"
+
+
+def proxy_refused(proxy: str | None, port: int, why: str) -> ProxyRefused:
+    where = shown_proxy(proxy) if proxy else "in HTTPS_PROXY / ALL_PROXY"
+    return ProxyRefused(f"The proxy {where} refused the tunnel to the server: {why}.",
+                        "Check the user name and password in HTTPS_PROXY (http://USER:PASSWORD@HOST:PORT), "
+                        f"and that the proxy allows HTTP CONNECT to port {port} (many allow only 443).")
+
+
+def tunnel(proxy: str, host: str, port: int, timeout: float = 10) -> socket.socket:
+    """A TCP connection to host:port through an HTTP proxy's CONNECT, with basic
+    authentication when the proxy URL carries a user name."""
+    parsed = urlparse(proxy)
+    sock = socket.create_connection((parsed.hostname, parsed.port or 80), timeout=timeout)
     try:
-        return ssl.get_server_certificate((host, port), timeout=10)
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        request = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+        if parsed.username is not None:
+            pair = f"{unquote(parsed.username)}:{unquote(parsed.password or '')}".encode()
+            request += f"Proxy-Authorization: Basic {base64.b64encode(pair).decode()}\r\n"
+        sock.sendall((request + "\r\n").encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk or len(answer) > 65536:
+                raise proxy_refused(proxy, port, "it closed the connection")
+            answer += chunk
+        status = answer.split(b"\r\n", 1)[0].decode(errors="replace")
+        if status.split()[1:2] != ["200"]:
+            raise proxy_refused(proxy, port, status)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+def fetch_certificate(host: str, port: int) -> str:
+    """The server's certificate as it presents it (through the proxy when one is set)."""
+    proxy = proxy_for(host)
+    try:
+        if proxy is None:
+            return ssl.get_server_certificate((host, port), timeout=10)
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE   # only fetched, to be shown and pinned; nothing is sent
+        with ctx.wrap_socket(tunnel(proxy, host, port), server_hostname=host) as tls:
+            return ssl.DER_cert_to_PEM_cert(tls.getpeercert(binary_form=True))
     except (OSError, ssl.SSLError) as exc:
-        raise IroncoreError(f"Cannot reach {host}:{port}: {exc}.",
+        where = f" through the proxy {shown_proxy(proxy)}" if proxy else ""
+        raise IroncoreError(f"Cannot reach {host}:{port}{where}: {exc}.",
                             "Check the address and that 'ironfs serve' runs there.") from None
 
 
@@ -114,11 +183,22 @@ class ServerClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         verify = pinned_context(cert_pem) if scheme == "https" else False
         self.http = httpx.Client(base_url=self.url, verify=verify, auth=auth, headers=headers, timeout=TIMEOUT,
-                                 limits=httpx.Limits(max_connections=16))
+                                 limits=httpx.Limits(max_connections=16), trust_env=True)   # HTTPS_PROXY etc.
+        self.bucket: TokenBucket | None = None
+        self.bytes_sent = 0     # upload bodies (packs, commits), retries included
+
+    def limit_uploads(self, bytes_per_second: int | None) -> None:
+        """Upload bodies keep to this rate from now on (None: no limit)."""
+        self.bucket = TokenBucket(bytes_per_second) if bytes_per_second else None
+
+    def _count(self, n: int) -> None:
+        self.bytes_sent += n
 
     def request(self, method: str, path: str, **kw) -> httpx.Response:
         try:
             response = self.http.request(method, path, **kw)
+        except httpx.ProxyError as exc:
+            raise proxy_refused(proxy_for(self.host), self.port, str(exc)) from None
         except httpx.ConnectError as exc:
             if "CERTIFICATE_VERIFY_FAILED" in str(exc) and self.cert_pem:
                 now = fingerprint(fetch_certificate(self.host, self.port))
@@ -136,13 +216,14 @@ class ServerClient:
     def call(self, method: str, path: str, retry_for: float = RETRY_SECONDS, body=None, **kw) -> httpx.Response:
         """`request`, retried with growing pauses while the server is unreachable or
         answers 5xx, for up to `retry_for` seconds (a restarted server, a network blip).
-        `body` is a callable giving a fresh request body for each attempt."""
+        `body` is a callable giving a fresh request body (an iterable of bytes) for each
+        attempt; it goes out through the upload limit, if any."""
         deadline = time.monotonic() + retry_for
         pause = 0.25
         while True:
             try:
                 if body is not None:
-                    kw["content"] = body()
+                    kw["content"] = throttled(body(), self.bucket, self._count)
                 return self.request(method, path, **kw)
             except (Unreachable, ServerError) as exc:
                 retryable = isinstance(exc, Unreachable) or exc.status in (500, 502, 503, 504)

@@ -36,6 +36,7 @@ LEASE_HEADER = "Ironcore-Lease"
 
 class RemoteVolume(Volume):
     read_shape = ReadShape(files=64, blobs=32, workers=4)
+    local_copy = None   # a client.localcopy.LocalCopy that also keeps each uploaded pack
 
     def __init__(self, server: ServerClient, set_name: str, info: dict | None = None):
         self.server, self.set_name = server, set_name
@@ -220,6 +221,8 @@ class RemoteWriter(VolumeWriter):
             want = packfmt.FOOTER.size + count * packfmt.ENTRY.size
             f.seek(-want, os.SEEK_END)
             self.remote.keep_index(name, size, f.read(want))
+        if self.remote.local_copy is not None:
+            self.remote.local_copy.keep_pack(name, path)
         os.unlink(path)
 
     def _send(self, route: str, path: str) -> None:

@@ -3,11 +3,12 @@
 # packages named as arguments (plus the base ones) through apt-get when missing,
 # and the project with its Python dependencies into .venv. fuse3 and its headers
 # are for `ironfs mount` (pyfuse3 builds against them); the WebDAV clients
-# (davfs2, litmus, rclone, cadaver) are there for tests/test_dav.py.
+# (davfs2, litmus, rclone, cadaver) are there for tests/test_dav.py; tinyproxy is the
+# authenticating HTTP proxy that tests/test_proxy.py runs with its own config.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=(acl attr gcc python3-venv fuse3 libfuse3-dev pkg-config davfs2 litmus rclone cadaver "$@")
+need=(acl attr gcc python3-venv fuse3 libfuse3-dev pkg-config davfs2 litmus rclone cadaver tinyproxy "$@")
 missing=()
 for pkg in "${need[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

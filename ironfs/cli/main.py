@@ -362,6 +362,45 @@ def gc(account_name, set_name, data_root, dry_run, as_json):
     click.echo(f"usage of {account_name}: {format_size(sets.usage(account_name))}")
 
 
+@cli.command("import-seed")
+@click.argument("account_name")
+@click.argument("set_name")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@data_root_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def import_seed_command(account_name, set_name, folder, data_root, as_json):
+    """Load the seed in FOLDER (made by 'ironcore seed-load SET_NAME --to FOLDER')
+    as the first backup of set SET_NAME of ACCOUNT_NAME; the client's next backup
+    over the network sends only what changed since."""
+    from ironfs.store.seed import import_seed
+    sets = admin_sets(data_root, account_name)
+    report = import_seed(sets, account_name, set_name, folder, sets.root.accounts.get(account_name)["quota"])
+    if as_json:
+        print_json(report)
+        return
+    click.echo(f"Seed imported into {account_name}/{set_name}: {report['commits']} commits, {report['packs']} packs, "
+               f"{format_size(report['bytes'])}; the set has {report['snapshots']} snapshots.")
+
+
+@cli.command("export")
+@click.argument("account_name")
+@click.argument("set_name")
+@click.argument("folder", type=click.Path(file_okay=False))
+@data_root_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def export_command(account_name, set_name, folder, data_root, as_json):
+    """Copy set SET_NAME of ACCOUNT_NAME into FOLDER (new or empty), e.g. on a
+    removable disk for a huge restore: the owner runs 'ironcore decrypt FOLDER
+    --to OUT' with the set's key. The copy holds ciphertext only."""
+    from ironfs.store.seed import export
+    report = export(admin_sets(data_root, account_name), account_name, set_name, folder)
+    if as_json:
+        print_json(report)
+        return
+    click.echo(f"Exported {account_name}/{set_name} to {report['folder']}: {report['snapshots']} snapshots, "
+               f"{report['packs']} packs, {format_size(report['bytes'])} (verified).")
+
+
 def add_plugins(group: click.Group) -> None:
     """Commands the other packages of the distribution add (`ironfs replica`), found by
     entry point so that this package imports none of them."""

@@ -13,7 +13,7 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from ironfs.errors import CorruptData, DiskFull, Forbidden, IroncoreError, NotFound, UsageError
-from ironfs.server import feed, sync
+from ironfs.server import feed, reports, sync
 from ironfs.server.auth import Authenticator, TooManyFailures
 from ironfs.server.responses import json_response
 from ironfs.store.accounts import AuthFailed
@@ -81,11 +81,12 @@ class ApiApp:
         self.read_only = read_only
         self.sync = sync.SyncApi(root, self.sets, self.metrics, self._json_body)
         self.feed = feed.FeedApi(root, self.sets, self.sync)
+        self.reports = reports.ReportsApi(self.sets, self._json_body)
         self.url_map = Map([
             Rule("/api/v1/whoami", endpoint="whoami", methods=["GET"]),
             Rule("/api/v1/tokens", endpoint="new_token", methods=["POST"]),
             Rule("/metrics", endpoint="metrics", methods=["GET"]),
-        ] + sync.RULES + feed.RULES)
+        ] + sync.RULES + feed.RULES + reports.RULES)
 
     def _account_route(self, request: Request, endpoint: str, args: dict) -> Response:
         """A route that acts for the authenticated caller: the feed for replicas,
@@ -97,6 +98,8 @@ class ApiApp:
             raise Forbidden("A replication token opens the replication feed and nothing else.")
         if self.read_only and request.method not in ("GET", "HEAD") and endpoint not in READ_ONLY_POSTS:
             raise ReadOnlyServer()
+        if endpoint in reports.ENDPOINTS:
+            return getattr(self.reports, endpoint)(request, account, **args)
         return getattr(self.sync, endpoint)(request, account, **args)
 
     def __call__(self, environ, start_response):

@@ -25,6 +25,7 @@ from ironfs.format import log as commitlog, pack as packfmt
 from ironfs.format.fsutil import TMP_PREFIX, discard, publish, raise_if_full, tmp_name, write_atomic
 from ironfs.format.volume import FORMAT as VOLUME_FORMAT, Volume
 from ironfs.store.retention import policy_of
+from ironfs.store.setoptions import check_daemon_settings
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ LEASE_SECONDS = 120          # a holder renews well within this; a crashed one f
 MAX_COMMIT = 1 << 30         # a commit of ten million files is far below this
 CHUNK = 1 << 20
 USAGE_STAMP = ".usage-changed"   # touched by gc so that a running server counts the account's usage again
-SETTINGS_KEYS = {"sources", "excludes", "schedule", "retention", "block_size", "description"}
+SETTINGS_KEYS = {"sources", "excludes", "schedule", "retention", "block_size", "description",
+                 "hooks", "local_copy", "bandwidth_limit"}   # the daemon's: setoptions.py
 # Records a client's commit may hold; "forget", "drop" and "damaged" belong to the server's own tools.
 CLIENT_RECORDS = {"commit", "pack", "content", "ver", "del", "stats"}
 
@@ -63,6 +65,7 @@ def check_settings(settings) -> dict:
         value = settings.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) and len(v) < 4096 for v in value):
             raise UsageError(f"Setting {key!r} must be a list of paths or patterns.")
+    check_daemon_settings(settings)
     if len(json.dumps(settings)) > 65536:
         raise UsageError("Set settings are too large.")
     return settings

@@ -1,0 +1,40 @@
+"""`ironcore decrypt DIR --to OUT` (FAQ 2.15, the seed's "Decrypt Files Tool"):
+restore from a volume folder without the server: an export made by `ironfs
+export`, a set's local copy, a seed. The key is the one this machine keeps for
+the set (by volume id), else the secret given (the account password opens a
+`login` slot, a key file's contents a `private` one)."""
+import os
+
+from client.keys import load_key, save_key
+from client.restore import Restore
+from ironfs.errors import UsageError
+from ironfs.format.snapshots import resolve_snapshot
+from ironfs.format.volume import Volume, is_volume
+
+
+def open_folder(folder: str, read_secret) -> Volume:
+    if not is_volume(folder):
+        raise UsageError(f"{folder} is not a volume folder (it has no volume.json).",
+                         "Give the folder 'ironfs export', a local copy or 'ironcore seed-load' wrote.")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{folder} is read-only; decrypt keeps its catalog beside the volume.",
+                         "Copy the folder to a writable disk first.")
+    volume = Volume(folder)
+    master = load_key(volume.id)
+    if master is not None:
+        volume._set_key(master)
+    else:
+        volume.unlock(read_secret())
+        save_key(volume.id, volume.key)
+    return volume
+
+
+def decrypt(folder: str, target: str, snapshot, path, read_secret, progress=None) -> dict:
+    volume = open_folder(folder, read_secret)
+    try:
+        snap = resolve_snapshot(volume.refresh(), snapshot)
+        report = Restore(volume, snap["seq"], target, progress=progress).run(path)
+    finally:
+        volume.close()
+    report["snapshot"] = snap["seq"]
+    return report
