@@ -15,3 +15,8 @@ def crashpoint(name: str) -> None:
         _left -= 1
         if _left <= 0:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def armed(name: str) -> bool:
+    """True when a crash is set for this point (tests make timing-dependent work settle first)."""
+    return name == _name

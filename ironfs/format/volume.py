@@ -27,7 +27,7 @@ from ironfs.errors import (CorruptData, DiskFull, IroncoreError, MissingData, Vo
 from ironfs.format import crypto, log as commitlog, pack as packfmt
 from ironfs.format.blobfilter import BlobFilter
 from ironfs.format.catalog import Catalog, remove_catalog_files
-from ironfs.format.faults import crashpoint
+from ironfs.format.faults import armed, crashpoint
 from ironfs.format.fsutil import TMP_PREFIX, fsync_dir, write_atomic
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ MAX_BLOB = 128 * 1024           # the seed's transfer block (FAQ 2.13)
 PACK_TARGET = 16 * 1024 * 1024  # big enough for few files, small enough to lose little on a crash
 SPAN_GAP = 256 * 1024           # read_blobs reads across gaps this small rather than seek
 SPAN_MAX = 4 * 1024 * 1024      # and at most this much at once
+PUBLISH_AHEAD = 2               # full packs being published while the next fills
 
 
 @dataclass(frozen=True)
@@ -357,6 +358,12 @@ class VolumeWriter:
         self._run_blobs.execute("CREATE TABLE b(id BLOB PRIMARY KEY) WITHOUT ROWID")
         self._current: packfmt.PackWriter | None = None
         self._pack_lane = ThreadPoolExecutor(1, thread_name_prefix="pack-writer")
+        # A full pack is finished (index, fsync, rename) on its own thread while the
+        # next one fills; a subclass that needs each pack's name at once (uploads)
+        # overrides flush_pack and gets it synchronously.
+        self._background = type(self).flush_pack is VolumeWriter.flush_pack
+        self._publisher = ThreadPoolExecutor(1, thread_name_prefix="pack-publisher") if self._background else None
+        self._publishing: list = []
         self._packs_dir = os.path.join(volume.root, "packs")
         self._remove_tmp_files()
         self.catalog = volume.refresh()
@@ -411,6 +418,8 @@ class VolumeWriter:
         if self._current is None:
             self._current = packfmt.PackWriter(self._packs_dir, self._pack_lane)
         self._current.add(blob_id, blob_type, sealed, raw_length)
+        if armed("mid-pack"):
+            self.settle_packs()   # crash tests count the packs published before this point
         crashpoint("mid-pack")
         self._pack_blobs.add(blob_id)
         self.filter.add(blob_id)
@@ -421,10 +430,24 @@ class VolumeWriter:
     def flush_pack(self) -> None:
         if self._current is not None and self._current.entries:
             writer, self._current = self._current, None
-            self.packs.append(writer.finish())
             self._run_blobs.executemany("INSERT OR IGNORE INTO b VALUES(?)", ((b,) for b in self._pack_blobs))
             self._pack_blobs = set()
-            crashpoint("pack-published")
+            if self._publisher is None:
+                self._publish_pack(writer)
+                return
+            self._publishing.append((self._publisher.submit(self._publish_pack, writer), writer))
+            while len(self._publishing) > PUBLISH_AHEAD:
+                self._publishing.pop(0)[0].result()
+
+    def _publish_pack(self, writer: packfmt.PackWriter) -> None:
+        """Index, fsync and rename a full pack (the publisher thread, in pack order)."""
+        self.packs.append(writer.finish())
+        crashpoint("pack-published")
+
+    def settle_packs(self) -> None:
+        """Wait until every full pack is published; raise the first error met."""
+        while self._publishing:
+            self._publishing.pop(0)[0].result()
 
     def start_commit(self, kind: str, **header) -> commitlog.CommitWriter:
         header.setdefault("time_ns", time.time_ns())
@@ -434,6 +457,7 @@ class VolumeWriter:
     def finish_commit(self, commit: commitlog.CommitWriter) -> int:
         """Publish the packs, then the commit naming them, then apply it to the catalog."""
         self.flush_pack()
+        self.settle_packs()
         for name, size in self.adopted + self.packs:
             commit.add({"t": "pack", "name": name, "size": size})
         crashpoint("mid-commit")
@@ -456,6 +480,12 @@ class VolumeWriter:
         if self._current is not None:
             self._current.abort()
             self._current = None
+        for fut, writer in self._publishing:   # a pack being published ends (a failed one removes its file)
+            if fut.cancel():
+                writer.abort()
+            else:
+                fut.exception()
+        self._publishing = []
         if remove_packs:
             for name, _ in self.packs:
                 try:
@@ -466,6 +496,8 @@ class VolumeWriter:
             self.packs = []
 
     def close(self) -> None:
+        if self._publisher is not None:
+            self._publisher.shutdown(wait=True)
         self._pack_lane.shutdown(wait=True)
         self._run_blobs.close()
         if self._lock_fd is not None:
