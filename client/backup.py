@@ -110,6 +110,7 @@ class Backup:
                        "errors": []}
         self._pending: deque = deque()
         self._small: list = []
+        self._buffers: list = []   # read buffers of large files, free for reuse
         self.volume_root = os.fsencode(volume.root)
 
     # --- pipeline ------------------------------------------------------------------
@@ -369,7 +370,7 @@ class Backup:
         if not self._small:
             return
         batch, self._small = self._small, []
-        self._push(self.pool.submit(self._small_jobs, [b[0] for b in batch]),
+        self._push(self.pool.submit(self._small_jobs, [(b[0], b[2].st_size) for b in batch]),
                    lambda results: [self._small_done(r, *b) for r, b in zip(results, batch)])
 
     def _small_jobs(self, paths: list) -> list:
@@ -377,7 +378,7 @@ class Backup:
         opened and announced to the kernel first, so their reads go to the disk
         together. Per file: (data length, seal result or None), or the OSError met."""
         opened = []
-        for path in paths:
+        for path, _ in paths:
             try:
                 fd = open_for_reading(path)
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
@@ -385,12 +386,17 @@ class Backup:
             except OSError as exc:
                 opened.append(exc)
         results = []
-        for fd in opened:
+        for fd, (_, size) in zip(opened, paths):
             if isinstance(fd, OSError):
                 results.append(fd)
                 continue
             try:
-                data = os.pread(fd, self.max_blob + 1, 0)
+                # the size seen by the walk and one byte more (a buffer of max_blob
+                # bytes per file would cost a fresh mapping of memory each)
+                want = min(size, self.max_blob) + 1
+                data = os.pread(fd, want, 0)
+                if len(data) == want and want <= self.max_blob:   # it grew since: read on up to the limit
+                    data += os.pread(fd, self.max_blob + 1 - want, want)
             except OSError as exc:
                 results.append(exc)
                 continue
@@ -420,6 +426,19 @@ class Backup:
         self._add_content({"t": "content", "id": hasher.digest(), "size": size, "ext": extents, "sig": [],
                            "bs": None}, rel, st, rec, old)
 
+    def _read_into(self, fd: int, offset: int, target: memoryview) -> int:
+        """Fill `target` from the file (less at its end); returns the bytes read."""
+        got = 0
+        while got < len(target):
+            n = os.preadv(fd, [target[got:]], offset + got)
+            if n == 0:
+                break
+            got += n
+        self.report["bytes_read"] += got
+        if self.progress:
+            self.progress.bytes(got)
+        return got
+
     def _read(self, fd: int, offset: int, length: int) -> bytes:
         data = os.pread(fd, length, offset)
         self.report["bytes_read"] += len(data)
@@ -444,13 +463,18 @@ class Backup:
             run = length   # read several grid chunks at once when no hole interrupts them
             while run < READ_CHUNK and pos + run < size and not holes.covers(pos + run, min(self.max_blob, size - pos - run)):
                 run += min(self.max_blob, size - pos - run)
-            data = self._read(fd, pos, run)
-            blobs = [data[i:i + self.max_blob] for i in range(0, len(data), self.max_blob)]
+            # into a buffer of earlier reads (back in the free list once its job is done):
+            # a fresh 1 MiB per read would be mapped, faulted in and unmapped each time
+            buf = self._buffers.pop() if self._buffers else bytearray(READ_CHUNK + self.max_blob)
+            got = self._read_into(fd, pos, memoryview(buf)[:run])
+            view = memoryview(buf)[:got]   # blobs are slices of the read, not copies
+            blobs = [view[i:i + self.max_blob] for i in range(0, got, self.max_blob)]
             fut = self.pool.submit(lambda b=blobs: [self._seal_job(x, BLOB_DATA, block_size) for x in b])
-            self._push(fut, lambda results: [self._blob_done(r) for r in results])
+            self._push(fut, lambda results, buf=buf: [self._buffers.append(buf)]
+                       + [self._blob_done(r) for r in results])
             pieces.extend(((fut, i), len(b)) for i, b in enumerate(blobs))
-            pos += len(data)
-            if len(data) < run:
+            pos += got
+            if got < run:
                 break   # the file shrank while we read it
 
         def resolve() -> dict:

@@ -23,6 +23,8 @@ HEADER = MAGIC + bytes((VERSION,)) + bytes(7)
 ENTRY = struct.Struct("<16sBQII")
 FOOTER = struct.Struct("<I8s")
 
+IOV_BATCH = 512   # buffers per writev (below every system's IOV_MAX)
+
 BLOB_DATA = 0
 BLOB_SIGNATURE = 1
 
@@ -66,6 +68,21 @@ class PackWriter:
         self._file.write(data)
         self._hash.update(data)
 
+    def _append_many(self, pieces: list) -> None:
+        """The lane's write of a batch: hashed piece by piece and written with
+        writev, so the blobs are never copied into one buffer first."""
+        for piece in pieces:
+            self._hash.update(piece)
+        fd = self._file.fileno()
+        for i in range(0, len(pieces), IOV_BATCH):
+            part = pieces[i:i + IOV_BATCH]
+            done = os.writev(fd, part)
+            total = sum(len(p) for p in part)
+            if done < total:   # a short write (rare): the rest the plain way
+                rest = memoryview(b"".join(part))[done:]
+                while rest:
+                    rest = rest[os.write(fd, rest):]
+
     def _write(self, data, flush: bool = False) -> None:
         self.size += len(data)
         try:
@@ -76,8 +93,8 @@ class PackWriter:
             self._batched += len(data)
             if self._batched < self.BATCH and not flush:
                 return
-            batch, self._batch, self._batched = b"".join(self._batch), [], 0
-            self._queued.append(self._lane.submit(self._append, batch))
+            batch, self._batch, self._batched = self._batch, [], 0
+            self._queued.append(self._lane.submit(self._append_many, batch))
             while len(self._queued) > self.LANE_DEPTH:
                 self._queued.popleft().result()
         except OSError as exc:
