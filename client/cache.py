@@ -21,6 +21,9 @@ CREATE INDEX IF NOT EXISTS entries_ino ON entries(dev, ino);
 """
 
 
+PUT_BATCH = 1000
+
+
 class FileCache:
     def __init__(self, folder: str, volume_id: bytes):
         os.makedirs(folder, mode=0o700, exist_ok=True)
@@ -29,6 +32,8 @@ class FileCache:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
         self.volume_id = volume_id
+        self._puts: dict[bytes, tuple] = {}   # rows not yet written: one executemany per PUT_BATCH
+        self._empty = False                   # no entries before this run: every get() is None
 
     @property
     def seq(self) -> int:
@@ -41,39 +46,57 @@ class FileCache:
         row = self.db.execute("SELECT value FROM meta WHERE key='run'").fetchone()
         run = (int(row[0]) if row else 0) + 1
         self.db.execute("INSERT OR REPLACE INTO meta VALUES('run', ?)", (run,))
+        self._empty = self.db.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is None
         return run
 
+    def _flush(self) -> None:
+        if self._puts:
+            rows, self._puts = self._puts.values(), {}
+            self.db.executemany("INSERT OR REPLACE INTO entries VALUES(?,?,?,?,?,?,?,?,?,?)", rows)
+
     def commit(self, seq: int) -> None:
+        self._flush()
         self.db.execute("INSERT OR REPLACE INTO meta VALUES('seq', ?)", (seq,))
         self.db.execute("COMMIT")
 
     def rollback(self) -> None:
+        self._puts = {}
         if self.db.in_transaction:
             self.db.execute("ROLLBACK")
 
     def get(self, path: bytes):
+        row = self._puts.get(path)
+        if row is not None:
+            return row[2:]
+        if self._empty:
+            return None
         return self.db.execute("SELECT kind, size, mtime_ns, ctime_ns, ino, dev, vdigest, content FROM entries "
                                "WHERE path=?", (path,)).fetchone()
 
     def by_inode(self, dev: int, ino: int):
+        self._flush()
         return self.db.execute("SELECT path, size, mtime_ns, content FROM entries WHERE dev=? AND ino=? AND kind='f' "
                                "LIMIT 1", (dev, ino)).fetchone()
 
     def put(self, path: bytes, run: int, kind: str, st: os.stat_result | None, vdigest: bytes, content: bytes | None):
-        self.db.execute("INSERT OR REPLACE INTO entries VALUES(?,?,?,?,?,?,?,?,?,?)",
-                        (path, run, kind, st and st.st_size, st and st.st_mtime_ns, st and st.st_ctime_ns,
-                         st and st.st_ino, st and st.st_dev, vdigest, content))
+        self._puts[path] = (path, run, kind, st and st.st_size, st and st.st_mtime_ns, st and st.st_ctime_ns,
+                            st and st.st_ino, st and st.st_dev, vdigest, content)
+        if len(self._puts) >= PUT_BATCH:
+            self._flush()
 
     def keep(self, path: bytes, run: int) -> None:
         """Carry an entry (and everything below it) into this run unchanged."""
+        self._flush()
         self.db.execute("UPDATE entries SET run=? WHERE path=? OR (path > ? AND path < ?)",
                         (run, path, path + b"/", path + b"0"))
 
     def unseen(self, run: int):
         """Paths of the previous snapshot not met in this run (a cursor: bounded memory)."""
+        self._flush()
         return (r[0] for r in self.db.execute("SELECT path FROM entries WHERE run != ?", (run,)))
 
     def drop_unseen(self, run: int) -> None:
+        self._flush()
         self.db.execute("DELETE FROM entries WHERE run != ?", (run,))
 
     def reset_from_catalog(self, catalog, snapshot: int, digest_of) -> None:
@@ -95,6 +118,7 @@ class FileCache:
         self.db.execute("COMMIT")
 
     def close(self) -> None:
+        self._puts = {}
         self.db.close()
 
 
