@@ -109,6 +109,7 @@ class Catalog:
         elif row[0] != SCHEMA_VERSION:
             raise VolumeFormatError(f"Catalog schema {row[0]} is not {SCHEMA_VERSION}.")
         self._dir_ids: dict[bytes, int] = {}
+        self._made: set[int] = set()   # path ids inserted by the commit being applied
 
     def close(self) -> None:
         self.db.close()
@@ -141,6 +142,7 @@ class Catalog:
         another process applied it first. `load_pack_index(name)` returns a pack's index."""
         db = self.db
         self._dir_ids.clear()
+        self._made.clear()
         db.execute("BEGIN IMMEDIATE")
         try:
             if self.applied_seq >= seq:
@@ -194,31 +196,58 @@ class Catalog:
                          rec.get("bs")))
 
     def _path_id(self, path: bytes, create: bool) -> int | None:
+        return self._find_path(path, create)[0]
+
+    def _find_path(self, path: bytes, create: bool) -> tuple[int | None, bool]:
+        """(path id, made now). Below a folder made in this commit a name is inserted
+        at once (it is new unless this commit named it before: then the insert does
+        nothing and the row is looked up), which saves a lookup per new file."""
         parts = split_path(path)
         parent = ROOT
         prefix = b""
+        made = False
         for i, name in enumerate(parts):
             prefix = prefix + b"/" + name if prefix else name
             cached = self._dir_ids.get(prefix)
             if cached is not None:
                 parent = cached
+                made = False
                 continue
-            row = self.db.execute("SELECT id FROM paths WHERE parent=? AND name=?", (parent, name)).fetchone()
-            if row is None:
-                if not create:
-                    return None
-                parent = self.db.execute("INSERT INTO paths(parent, name) VALUES(?,?)", (parent, name)).lastrowid
+            row = None
+            if create and parent in self._made:
+                cur = self.db.execute("INSERT INTO paths(parent, name) VALUES(?,?) "
+                                      "ON CONFLICT(parent, name) DO NOTHING", (parent, name))
+                if cur.rowcount == 1:
+                    parent, made = cur.lastrowid, True
+                    self._remember_made(parent)
+                else:
+                    row = self.db.execute("SELECT id FROM paths WHERE parent=? AND name=?", (parent, name)).fetchone()
+                    parent, made = row[0], False
             else:
-                parent = row[0]
+                row = self.db.execute("SELECT id FROM paths WHERE parent=? AND name=?", (parent, name)).fetchone()
+                if row is None:
+                    if not create:
+                        return None, False
+                    parent = self.db.execute("INSERT INTO paths(parent, name) VALUES(?,?)", (parent, name)).lastrowid
+                    made = True
+                    self._remember_made(parent)
+                else:
+                    parent, made = row[0], False
             if i < len(parts) - 1:
                 if len(self._dir_ids) >= 100_000:   # bounded memory on huge trees
                     self._dir_ids.clear()
                 self._dir_ids[prefix] = parent
-        return parent
+        return parent, made
+
+    def _remember_made(self, pid: int) -> None:
+        if len(self._made) >= 100_000:   # bounded memory; forgetting only costs lookups
+            self._made.clear()
+        self._made.add(pid)
 
     def _rec_ver(self, seq, rec, _):
-        pid = self._path_id(rec["p"], create=True)
-        self.db.execute("UPDATE versions SET died=? WHERE path=? AND died IS NULL", (seq, pid))
+        pid, made = self._find_path(rec["p"], create=True)
+        if not made:   # a path made just now has no versions yet (path ids are never reused)
+            self.db.execute("UPDATE versions SET died=? WHERE path=? AND died IS NULL", (seq, pid))
         xattrs = rec.get("x")
         self.db.execute(
             f"INSERT INTO versions(path, born, {VERSION_COLUMNS}) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
