@@ -489,7 +489,7 @@ def bench(args) -> dict:
     result = {"command": " ".join([os.path.relpath(sys.executable, REPO_ROOT)
                                    if sys.executable.startswith(REPO_ROOT) else sys.executable] + sys.argv),
               "machine": machine(), "disk": disk_of(work), "work": work, "seed": args.seed, "scale": args.scale,
-              "phases": {}, "drop_caches": []}
+              "phases": {}, "drop_caches": [], "loadavg_before": os.getloadavg()}
     try:
         tools = []
         for name in args.tools:
@@ -564,6 +564,7 @@ def bench(args) -> dict:
             return r
 
         phase("restore", restore, total)
+        result["loadavg_after"] = os.getloadavg()
         result["repo_final"] = {t.name: du_bytes(t.repo) for t in tools}
         result["client_cache"] = {t.name: du_bytes(t.home) for t in tools}
     finally:
@@ -661,6 +662,10 @@ def md_table(head, rows) -> str:
                      + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
+def fmt_load(load) -> str:
+    return " ".join(f"{x:.2f}" for x in load) if load else "?"
+
+
 def markdown(res: dict) -> str:
     m = res["machine"]
     t = res["tree"]
@@ -686,6 +691,8 @@ def markdown(res: dict) -> str:
         f"- Page caches dropped: {drop_text}. Repository growth is the apparent size of the repository folder"
         f" (as `du -sb`) after minus before; Ironcore's includes its `catalog.db`. MB = 10^6 bytes; MB/s is"
         f" tree bytes / wall time.",
+        f"- Load average (1, 5, 15 min) before the run: {fmt_load(res.get('loadavg_before'))};"
+        f" after: {fmt_load(res.get('loadavg_after'))}.",
         "",
         md_table(HEAD, table_rows(res)),
         "",
@@ -728,6 +735,7 @@ def main():
     for g, v, ok in res["summary"]["goals"]:
         print(f"goal: {g}: {v} -> {'met' if ok else 'NOT met'}")
     print(f"page caches dropped: {res['drop_caches']}")
+    print(f"load average before: {fmt_load(res.get('loadavg_before'))}, after: {fmt_load(res.get('loadavg_after'))}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1, default=str)
