@@ -18,6 +18,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
+from client import directio
 from client.cache import FileCache, entry_digest, version_digest
 from client.fsmeta import kind_of, version_record
 from ironfs.errors import IroncoreError
@@ -426,25 +427,17 @@ class Backup:
         self._add_content({"t": "content", "id": hasher.digest(), "size": size, "ext": extents, "sig": [],
                            "bs": None}, rel, st, rec, old)
 
-    def _read_into(self, fd: int, offset: int, target: memoryview) -> int:
-        """Fill `target` from the file (less at its end); returns the bytes read."""
-        got = 0
-        while got < len(target):
-            n = os.preadv(fd, [target[got:]], offset + got)
-            if n == 0:
-                break
-            got += n
+    def _read_chunk(self, reader: directio.Reader, offset: int, length: int):
+        """Up to `length` bytes of a large file from `offset`, read into a buffer of
+        the free list (a fresh 1 MiB per read would be mapped, faulted in and
+        unmapped each time): returns (buffer, bytes read). The caller puts the
+        buffer back once nothing uses its bytes any more."""
+        buf = self._buffers.pop() if self._buffers else directio.buffer(READ_CHUNK + self.max_blob)
+        got = reader.read_into(offset, buf, length)
         self.report["bytes_read"] += got
         if self.progress:
             self.progress.bytes(got)
-        return got
-
-    def _read(self, fd: int, offset: int, length: int) -> bytes:
-        data = os.pread(fd, length, offset)
-        self.report["bytes_read"] += len(data)
-        if self.progress:
-            self.progress.bytes(len(data))
-        return data
+        return buf, got
 
     def _store_whole(self, fd: int, st):
         """Store a file as grid-aligned blobs; chunks wholly in a hole are not read.
@@ -452,30 +445,12 @@ class Backup:
         size = st.st_size
         block_size = delta.block_size_for(size) if size >= DELTA_MIN_SIZE else None
         holes = HoleMap(fd, st)
+        reader = directio.Reader(fd, size)
         pieces = []
-        pos = 0
-        while pos < size:
-            length = min(self.max_blob, size - pos)
-            if holes.covers(pos, length):
-                pieces.append((None, length))
-                pos += length
-                continue
-            run = length   # read several grid chunks at once when no hole interrupts them
-            while run < READ_CHUNK and pos + run < size and not holes.covers(pos + run, min(self.max_blob, size - pos - run)):
-                run += min(self.max_blob, size - pos - run)
-            # into a buffer of earlier reads (back in the free list once its job is done):
-            # a fresh 1 MiB per read would be mapped, faulted in and unmapped each time
-            buf = self._buffers.pop() if self._buffers else bytearray(READ_CHUNK + self.max_blob)
-            got = self._read_into(fd, pos, memoryview(buf)[:run])
-            view = memoryview(buf)[:got]   # blobs are slices of the read, not copies
-            blobs = [view[i:i + self.max_blob] for i in range(0, got, self.max_blob)]
-            fut = self.pool.submit(lambda b=blobs: [self._seal_job(x, BLOB_DATA, block_size) for x in b])
-            self._push(fut, lambda results, buf=buf: [self._buffers.append(buf)]
-                       + [self._blob_done(r) for r in results])
-            pieces.extend(((fut, i), len(b)) for i, b in enumerate(blobs))
-            pos += got
-            if got < run:
-                break   # the file shrank while we read it
+        try:
+            self._read_whole(reader, size, holes, block_size, pieces)
+        finally:
+            reader.close()
 
         def resolve() -> dict:
             hasher = ContentHasher(self.key, self.max_blob)
@@ -496,6 +471,30 @@ class Backup:
             return {"t": "content", "id": hasher.digest(), "size": hasher.size, "ext": extents,
                     "sig": self._store_signature(sig, None), "bs": block_size}
         return resolve
+
+    def _read_whole(self, reader: directio.Reader, size: int, holes, block_size, pieces: list) -> None:
+        """Read a file in runs of grid chunks and queue each run's blobs; `pieces`
+        gets (job, index) or None (a hole) per chunk, with its length."""
+        pos = 0
+        while pos < size:
+            length = min(self.max_blob, size - pos)
+            if holes.covers(pos, length):
+                pieces.append((None, length))
+                pos += length
+                continue
+            run = length   # read several grid chunks at once when no hole interrupts them
+            while run < READ_CHUNK and pos + run < size and not holes.covers(pos + run, min(self.max_blob, size - pos - run)):
+                run += min(self.max_blob, size - pos - run)
+            buf, got = self._read_chunk(reader, pos, run)
+            view = memoryview(buf)[:got]   # blobs are slices of the read, not copies
+            blobs = [view[i:i + self.max_blob] for i in range(0, got, self.max_blob)]
+            fut = self.pool.submit(lambda b=blobs: [self._seal_job(x, BLOB_DATA, block_size) for x in b])
+            self._push(fut, lambda results, buf=buf: [self._buffers.append(buf)]
+                       + [self._blob_done(r) for r in results])
+            pieces.extend(((fut, i), len(b)) for i, b in enumerate(blobs))
+            pos += got
+            if got < run:
+                break   # the file shrank while we read it
 
     def _store_signature(self, sig: bytes | None, old: tuple | None) -> list:
         """Extents of the new signature's bytes. Against the old signature (bytes,
@@ -538,6 +537,10 @@ class Backup:
     def _load_signature(self, basis: dict) -> bytes:
         return b"".join(self.volume.read_blob(b)[off:off + n] for b, off, n in basis["sig"])
 
+    def _lane_done(self, job, buf) -> None:
+        job.result()
+        self._buffers.append(buf)
+
     def _store_delta(self, fd: int, st, basis_id: bytes):
         """Store a changed file as copies of its basis plus literal blobs; raise
         Fallback when that is not worth it. Returns the resolver."""
@@ -559,7 +562,8 @@ class Backup:
         ops = []          # [("c", old_offset, length) | ("l", spool_offset, length)]
         literal = 0
         max_ops = max(256, size // 16384)
-        lane = deque()
+        lane = deque()   # (hash lane job, the buffer it reads)
+        reader = directio.Reader(fd, size)
 
         def update(chunk):
             hasher.update(chunk)
@@ -588,18 +592,21 @@ class Backup:
             try:
                 pos = 0
                 while pos < size:
-                    data = self._read(fd, pos, min(READ_CHUNK, size - pos))
-                    if not data:
+                    buf, got = self._read_chunk(reader, pos, min(READ_CHUNK, size - pos))
+                    if not got:
+                        self._buffers.append(buf)
                         break
-                    lane.append(self.hash_lane.submit(update, data))
+                    data = memoryview(buf)[:got]
+                    lane.append((self.hash_lane.submit(update, data), buf))
                     while len(lane) > LANE_DEPTH:
-                        lane.popleft().result()
-                    take(encoder.feed(data))
-                    pos += len(data)
+                        self._lane_done(*lane.popleft())
+                    take(encoder.feed(data))   # the encoder keeps copies of what it needs
+                    pos += got
                 take(encoder.finish())
             finally:
-                for f in lane:
-                    f.result()
+                reader.close()
+                while lane:
+                    self._lane_done(*lane.popleft())
             extents = []
             for kind, a, n in ops:
                 if kind == "c":

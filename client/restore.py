@@ -11,6 +11,7 @@ import os
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 
+from client import directio
 from client.fsmeta import apply_metadata
 from ironfs.errors import CorruptData, IroncoreError, NotFound
 from ironfs.format.catalog import ROOT, split_path
@@ -288,22 +289,25 @@ def safe_name(name: bytes) -> bool:
 
 def write_content(fd: int, content: dict, key, blobs) -> None:
     """Write a content's extents (`blobs` yields each extent's blob data, or
-    None for holes) and check the result against the content id."""
+    None for holes) and check the result against the content id. A large file
+    goes past the page cache (client.directio)."""
     hasher = ContentHasher(key)
+    out = directio.Writer(fd, content["size"])
     pos = 0
-    for (blob, off, length), data in zip(content["ext"], blobs):
-        if blob is None:
-            hasher.add_zeros(length)
+    try:
+        for (blob, off, length), data in zip(content["ext"], blobs):
+            if blob is None:
+                hasher.add_zeros(length)
+                pos += length
+                continue
+            piece = memoryview(data)[off:off + length]
+            if len(piece) != length:
+                raise CorruptData(f"blob {blob.hex()} is shorter than its extent")
+            hasher.add_extent(blob, off, piece, len(data), content["size"])
+            out.write(pos, piece)
             pos += length
-            continue
-        piece = memoryview(data)[off:off + length]
-        if len(piece) != length:
-            raise CorruptData(f"blob {blob.hex()} is shorter than its extent")
-        hasher.add_extent(blob, off, piece, len(data), content["size"])
-        written = os.pwrite(fd, piece, pos)
-        while written < length:
-            written += os.pwrite(fd, piece[written:], pos + written)
-        pos += length
+    finally:
+        out.close()
     if content["ext"] and content["ext"][-1][0] is None:
         os.ftruncate(fd, pos)   # a trailing hole
     if pos != content["size"] or hasher.digest() != content["id"]:
