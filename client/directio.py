@@ -10,6 +10,7 @@ import errno
 import fcntl
 import mmap
 import os
+from concurrent.futures import ThreadPoolExecutor, wait
 
 ALIGN = 4096        # offsets and lengths of direct I/O: a multiple of every logical block size in use
 DIRECT_MIN = 4 << 20   # smaller files go through the page cache: too little to matter
@@ -79,17 +80,23 @@ def _fill(fd: int, offset: int, view: memoryview, direct: bool) -> int:
 
 class Writer:
     """Writes one file front to back, holes skipped. If it is large, data is
-    gathered in an aligned buffer and written past the page cache in whole
-    blocks; what is left over (a file's last partial block, or everything on a
-    file system without direct I/O) goes through the page cache."""
+    gathered in an aligned stage and each full stage is written past the page
+    cache by a writer thread while the next one fills (so the disk's time
+    overlaps the reading and decryption of what comes next); what is left over
+    at the end (a file's last partial block, or everything on a file system
+    without direct I/O) goes through the page cache."""
 
     STAGE = 4 << 20
 
     def __init__(self, fd: int, size: int):
         self.fd = fd
         self.direct = reopen_direct(fd) if size >= DIRECT_MIN else None
-        self.stage = buffer(self.STAGE) if self.direct is not None else None
-        self.start = 0     # file offset of stage[0]
+        self.stage = self.spare = self.lane = None
+        if self.direct is not None:
+            self.stage, self.spare = buffer(self.STAGE), buffer(self.STAGE)
+            self.lane = ThreadPoolExecutor(1, thread_name_prefix="direct-write")
+        self.inflight = None   # the writer thread's job: one stage at a time
+        self.start = 0         # file offset of stage[0]
         self.staged = 0
 
     def write(self, pos: int, piece) -> None:
@@ -97,7 +104,7 @@ class Writer:
             _pwrite_all(self.fd, memoryview(piece), pos)
             return
         if pos != self.start + self.staged:   # after a hole
-            self._flush(final=True)
+            self._flush()
             self.start = pos
         view = memoryview(piece)
         while view:
@@ -106,43 +113,63 @@ class Writer:
             self.staged += take
             view = view[take:]
             if self.staged == self.STAGE:
-                self._flush(final=False)
+                self._send()
 
-    def _flush(self, final: bool) -> None:
-        """Write the staged bytes: whole blocks directly, the rest (with `final`, or
-        when direct I/O cannot take it) through the page cache; any bytes left
-        unwritten move to the front of the stage."""
-        n = self.staged
-        whole = n - n % ALIGN if self.start % ALIGN == 0 else 0
-        written = 0
-        if whole and self.direct is not None:
+    def _send(self) -> None:
+        """Hand the full stage to the writer thread and fill the other one."""
+        self._settle()
+        self.inflight = self.lane.submit(self._write_out, self.stage, self.STAGE, self.start)
+        self.stage, self.spare = self.spare, self.stage
+        self.start += self.STAGE
+        self.staged = 0
+
+    def _settle(self) -> None:
+        if self.inflight is not None:
+            job, self.inflight = self.inflight, None
+            job.result()
+
+    def _write_out(self, buf, n: int, pos: int) -> None:
+        """buf[:n] to the file at pos: whole blocks directly where the file system
+        and the alignment allow, the rest through the page cache."""
+        whole = n - n % ALIGN if pos % ALIGN == 0 and self.direct is not None else 0
+        if whole:
             try:
-                _pwrite_all(self.direct, memoryview(self.stage)[:whole], self.start)
-                written = whole
+                _pwrite_all(self.direct, memoryview(buf)[:whole], pos)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
-                os.close(self.direct)
+                os.close(self.direct)   # only this thread writes with it
                 self.direct = None
-        if final or written == 0:
-            _pwrite_all(self.fd, memoryview(self.stage)[written:n], self.start + written)
-            written = n
-        self.stage[:n - written] = self.stage[written:n]
-        self.start += written
-        self.staged = n - written
+                whole = 0
+        if whole < n:
+            _pwrite_all(self.fd, memoryview(buf)[whole:n], pos + whole)
+
+    def _flush(self) -> None:
+        self._settle()
+        if self.staged:
+            self._write_out(self.stage, self.staged, self.start)
+            self.start += self.staged
+            self.staged = 0
 
     def close(self) -> None:
         """Write what is staged; the caller closes its own fd."""
+        if self.lane is None:
+            return
         try:
-            if self.stage is not None:
-                self._flush(final=True)
+            self._flush()
         finally:
+            self._settle_quietly()
+            self.lane.shutdown(wait=True)
             if self.direct is not None:
                 os.close(self.direct)
                 self.direct = None
-            if self.stage is not None:
-                self.stage.close()
-                self.stage = None
+            self.stage = self.spare = self.lane = None   # freed with the last view of them (a traceback may hold one)
+
+    def _settle_quietly(self) -> None:
+        """After a failure: the write in flight ends before its buffer goes."""
+        if self.inflight is not None:
+            wait([self.inflight])
+            self.inflight = None
 
 
 def _pwrite_all(fd: int, view: memoryview, pos: int) -> None:
