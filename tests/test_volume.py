@@ -141,3 +141,29 @@ def test_sqlite_catalog_is_wal(volume):
     snapshot(volume, {b"f": b"x"})
     mode = sqlite3.connect(volume.catalog_path).execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
+
+
+def test_readers_on_many_threads_never_read_a_pack_through_a_closed_descriptor(volume, monkeypatch):
+    """More packs than open descriptors kept: one thread's read must not lose its
+    descriptor to another thread opening the next pack (a closed or reused fd
+    would read nothing or another pack's bytes)."""
+    from concurrent.futures import ThreadPoolExecutor
+    import random
+
+    from ironfs.format import volume as volmod
+    monkeypatch.setattr(volmod, "PACK_FDS", 2)
+    blobs = {}
+    for i in range(12):   # one pack each
+        data = os.urandom(2000 + i)
+        snapshot(volume, {b"f%d" % i: data})
+        blobs[volume.key.blob_id(data)] = data
+    ids = list(blobs)
+
+    def reader(seed):
+        rnd = random.Random(seed)
+        for _ in range(400):
+            blob_id = rnd.choice(ids)
+            assert volume.read_blob(blob_id) == blobs[blob_id]
+    with ThreadPoolExecutor(8) as pool:
+        for fut in [pool.submit(reader, s) for s in range(8)]:
+            fut.result()

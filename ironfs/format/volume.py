@@ -8,6 +8,7 @@
 
 Readers open a volume and read; one writer at a time appends packs and a
 commit through `VolumeWriter`."""
+import contextlib
 import errno
 import fcntl
 import json
@@ -37,6 +38,7 @@ MAX_BLOB = 128 * 1024           # the seed's transfer block (FAQ 2.13)
 PACK_TARGET = 16 * 1024 * 1024  # big enough for few files, small enough to lose little on a crash
 SPAN_GAP = 256 * 1024           # read_blobs reads across gaps this small rather than seek
 SPAN_MAX = 4 * 1024 * 1024      # and at most this much at once
+PACK_FDS = 64                   # pack files kept open for reading
 PUBLISH_AHEAD = 2               # full packs being published while the next fills
 
 
@@ -81,7 +83,9 @@ class Volume:
         self.key: crypto.MasterKey | None = None
         self.sealer: crypto.BlobSealer | None = None
         self._local = threading.local()
-        self._fds: OrderedDict[str, int] = OrderedDict()
+        self._fds: OrderedDict[str, int] = OrderedDict()   # pack name -> fd, least recently used first
+        self._fd_readers: dict[int, int] = {}                # fd -> reads in progress
+        self._fds_retired: set[int] = set()                  # out of _fds, closed by their last reader
         self._fd_lock = threading.Lock()
 
     # --- creation and keys -------------------------------------------------------
@@ -243,21 +247,40 @@ class Volume:
                         out[name] = os.path.join(subdir, name)
         return out
 
-    def _pack_fd(self, name: str) -> int:
+    @contextlib.contextmanager
+    def _pack_fd(self, name: str):
+        """A pack's descriptor, held open while the caller reads: one that falls out
+        of the PACK_FDS kept open is closed by its last reader, so a descriptor
+        is never closed (and its number reused) under another thread's read."""
         with self._fd_lock:
             fd = self._fds.pop(name, None)
             if fd is None:
                 try:
-                    fd = os.open(self.pack_path(name), os.O_RDONLY)
+                    fd = os.open(self.pack_path(name), os.O_RDONLY | os.O_CLOEXEC)
                 except FileNotFoundError:
                     raise MissingData(f"Pack {name} is missing from {self.root}.") from None
-                if len(self._fds) >= 64:
-                    os.close(self._fds.popitem(last=False)[1])
+                while len(self._fds) >= PACK_FDS:
+                    old = self._fds.popitem(last=False)[1]
+                    if self._fd_readers.get(old):
+                        self._fds_retired.add(old)
+                    else:
+                        os.close(old)
             self._fds[name] = fd
-            return fd
+            self._fd_readers[fd] = self._fd_readers.get(fd, 0) + 1
+        try:
+            yield fd
+        finally:
+            with self._fd_lock:
+                left = self._fd_readers.pop(fd) - 1
+                if left:
+                    self._fd_readers[fd] = left
+                elif fd in self._fds_retired:
+                    self._fds_retired.discard(fd)
+                    os.close(fd)
 
     def read_sealed(self, pack: str, offset: int, length: int) -> bytes:
-        data = os.pread(self._pack_fd(pack), length, offset)
+        with self._pack_fd(pack) as fd:
+            data = os.pread(fd, length, offset)
         if len(data) != length:
             raise CorruptData(f"Pack {pack} is shorter than its index says.")
         return data
@@ -317,7 +340,10 @@ class Volume:
     def close(self) -> None:
         with self._fd_lock:
             for fd in self._fds.values():
-                os.close(fd)
+                if self._fd_readers.get(fd):
+                    self._fds_retired.add(fd)   # its last reader closes it
+                else:
+                    os.close(fd)
             self._fds.clear()
         cat = getattr(self._local, "catalog", None)
         if cat is not None:
