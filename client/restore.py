@@ -8,8 +8,9 @@ rest of the restore goes on and the run ends non-zero."""
 import errno
 import logging
 import os
+import stat
 from collections import OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from client import directio
 from client.fsmeta import apply_metadata
@@ -21,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 GROUPS_AHEAD = 3
 SMALL_FILE = 4 << 20    # files up to this size are restored whole by a worker thread
-FILES_IN_FLIGHT = 8     # jobs queued at once
+JOBS_IN_FLIGHT = 12     # file jobs queued at once (a small-file job holds up to SMALL_FILE of data)
+OPEN_DIRS = 256         # folders kept open for their files' jobs
 
 
 class BlobCache:
@@ -49,24 +51,37 @@ class BlobCache:
 
 
 class Restore:
+    """The walk runs on the calling thread and only makes folders, links and
+    special files itself. Files are written by jobs: small ones in batches by a
+    pool, large ones one at a time by a lane whose blobs a second pool reads
+    ahead. A folder stays open, its own metadata waiting, until the jobs of its
+    files are done, so the walk goes on past a large file instead of waiting for
+    it, and large and small files are written at the same time."""
+
     def __init__(self, volume, snapshot: int, target: str, progress=None, threads: int | None = None):
         self.volume = volume
         volume.require_key()
         self.snapshot = snapshot
         self.target = os.path.abspath(target)
         self.progress = progress
-        self.cache = BlobCache()
-        workers = threads or max(os.cpu_count() or 2, volume.read_shape.workers)
-        self.pool = ThreadPoolExecutor(workers)         # blob prefetch for large files
-        self.file_pool = ThreadPoolExecutor(workers)    # small files, each whole on one worker
+        self.cache = BlobCache()   # used by the large-file lane only
+        shape = volume.read_shape
+        self.pool = ThreadPoolExecutor(threads or max(os.cpu_count() or 2, shape.workers),
+                                       thread_name_prefix="restore-read")     # blobs of large files
+        self.file_pool = ThreadPoolExecutor(threads or shape.small_workers,
+                                            thread_name_prefix="restore-small")  # small files in batches
+        self.large_lane = ThreadPoolExecutor(1, thread_name_prefix="restore-large")  # large files, in order
         self.is_root = os.geteuid() == 0
         self.report = {"files": 0, "dirs": 0, "other": 0, "bytes": 0, "errors": [], "warnings": []}
+        self._running: set = set()         # jobs submitted and not yet seen done (the bound on work in flight)
+        self._open_dirs: deque = deque()   # (jobs, folder) in the order the walk left each folder
 
     def run(self, path: str | None = None) -> dict:
         catalog = self.volume.refresh()
         catalog.prefetch()
         os.makedirs(self.target, exist_ok=True)
         top = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY)
+        opened = []
         try:
             if path:
                 rel = os.fsencode(path).strip(b"/")
@@ -75,21 +90,25 @@ class Restore:
                     raise NotFound(f"{path} is not in snapshot {self.snapshot}.")
                 names = split_path(rel)
                 parent_fd = top
-                opened = []
-                try:
-                    for name in names[:-1]:
-                        parent_fd, _ = self._open_dir(parent_fd, name)
-                        opened.append(parent_fd)
-                    self._restore_entry(parent_fd, entry, rel, fresh=False)
-                finally:
-                    for fd in opened:
-                        os.close(fd)
+                for name in names[:-1]:
+                    parent_fd, _ = self._open_dir(parent_fd, name)
+                    opened.append(parent_fd)
+                jobs = []
+                self._restore_entry(parent_fd, entry, rel, False, jobs)
+                self._defer(jobs, None)
             else:
-                self._restore_children(top, ROOT, b"", fresh=False)
+                self._defer(self._restore_children(top, ROOT, b"", fresh=False), None)
+            while self._open_dirs:
+                self._finish_oldest()
         finally:
+            for pool in (self.large_lane, self.file_pool, self.pool):
+                pool.shutdown(wait=True)
+            for _, folder in self._open_dirs:   # only after an unexpected error: let go of the folders
+                if folder is not None:
+                    os.close(folder[1])
+            for fd in opened:
+                os.close(fd)
             os.close(top)
-            self.pool.shutdown(wait=True)
-            self.file_pool.shutdown(wait=True)
         return self.report
 
     def _fail(self, rel: bytes, message: str) -> None:
@@ -114,34 +133,63 @@ class Restore:
                 return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd), True
             raise
 
-    def _restore_children(self, dir_fd: int, parent_id: int, prefix: bytes, fresh: bool) -> None:
-        """Restore a folder's entries; small files go to workers, and all of them are
-        done before the caller closes dir_fd and sets the folder's own metadata."""
-        catalog = self.volume.catalog()
-        pending = deque()
-        batch, batch_bytes = [], 0
+    # --- jobs and the folders waiting for them ----------------------------------------
+    def _submit(self, jobs: list, pool: ThreadPoolExecutor, fn, *args) -> None:
+        """Start a job for the folder whose `jobs` it joins; first wait, if too much
+        is in flight, for any one job to end (not the oldest: that may be a large
+        file the walk should go on past)."""
+        while len(self._running) >= JOBS_IN_FLIGHT:
+            _, self._running = wait(self._running, return_when=FIRST_COMPLETED)
+        fut = pool.submit(fn, *args)
+        self._running.add(fut)
+        jobs.append(fut)
 
-        def submit():
-            nonlocal batch, batch_bytes
-            if batch:
-                files, batch, batch_bytes = batch, [], 0
-                pending.append(self.file_pool.submit(self._small_files_job, dir_fd, files, fresh))
-                while len(pending) > FILES_IN_FLIGHT:
-                    self._collect(pending.popleft())
+    def _defer(self, jobs: list, folder: tuple | None) -> None:
+        """A folder the walk has left, as (parent_fd, fd, entry, rel): it is closed and
+        its metadata set once its jobs are done, after every folder left before it.
+        That order is the walk's post-order, so a folder's parent is still open."""
+        self._open_dirs.append((jobs, folder))
+        while len(self._open_dirs) > OPEN_DIRS:
+            self._finish_oldest()
+
+    def _finish_oldest(self) -> None:
+        jobs, folder = self._open_dirs.popleft()
         try:
-            for entry in catalog.iter_dir(parent_id, self.snapshot):
-                rel = prefix + b"/" + entry.name if prefix else entry.name
-                if entry.kind == "f" and entry.size <= SMALL_FILE and safe_name(entry.name):
-                    batch.append((entry, rel))
-                    batch_bytes += entry.size
-                    if len(batch) >= self.volume.read_shape.files or batch_bytes >= SMALL_FILE:
-                        submit()
-                else:
-                    self._restore_entry(dir_fd, entry, rel, fresh)
-            submit()
+            for fut in jobs:
+                self._running.discard(fut)
+                self._collect(fut)
         finally:
-            while pending:
-                self._collect(pending.popleft())
+            if folder is not None:
+                self._finish_dir(*folder)
+
+    def _finish_dir(self, parent_fd: int, fd: int, entry, rel: bytes) -> None:
+        os.close(fd)
+        self.report["dirs"] += 1
+        try:
+            for w in apply_metadata(parent_fd, entry.name, entry, self.is_root):
+                self.report["warnings"].append({"path": os.fsdecode(rel), "warning": w})
+        except OSError as exc:
+            self._fail(rel, exc.strerror or str(exc))
+
+    def _restore_children(self, dir_fd: int, parent_id: int, prefix: bytes, fresh: bool) -> list:
+        """Restore a folder's entries; returns the jobs writing its files, which must
+        be done before dir_fd is closed and the folder's own metadata set."""
+        catalog = self.volume.catalog()
+        jobs = []
+        batch, batch_bytes = [], 0
+        for entry in catalog.iter_dir(parent_id, self.snapshot):
+            rel = prefix + b"/" + entry.name if prefix else entry.name
+            if entry.kind == "f" and entry.size <= SMALL_FILE and safe_name(entry.name):
+                batch.append((entry, rel))
+                batch_bytes += entry.size
+                if len(batch) >= self.volume.read_shape.files or batch_bytes >= SMALL_FILE:
+                    self._submit(jobs, self.file_pool, self._small_files_job, dir_fd, batch, fresh)
+                    batch, batch_bytes = [], 0
+            else:
+                self._restore_entry(dir_fd, entry, rel, fresh, jobs)
+        if batch:
+            self._submit(jobs, self.file_pool, self._small_files_job, dir_fd, batch, fresh)
+        return jobs
 
     def _small_files_job(self, dir_fd: int, files: list, fresh: bool) -> list:
         """Worker thread: a batch of small files of one folder, their blobs read
@@ -156,9 +204,13 @@ class Restore:
                 if isinstance(data, Exception):
                     raise data
                 yield data
-        return [self._small_file_job(dir_fd, e, r, fresh, fetch_all, contents.get(e.content)) for e, r in files]
+        return [self._file_job(dir_fd, e, r, fresh, fetch_all, contents.get(e.content)) for e, r in files]
 
-    def _small_file_job(self, dir_fd: int, entry, rel: bytes, fresh: bool, fetch_all, content):
+    def _large_file_job(self, dir_fd: int, entry, rel: bytes, fresh: bool) -> list:
+        """The large-file lane: one file, its blobs read ahead by the read pool."""
+        return [self._file_job(dir_fd, entry, rel, fresh, self._prefetched, None)]
+
+    def _file_job(self, dir_fd: int, entry, rel: bytes, fresh: bool, fetch_all, content):
         try:
             error = self._restore_file(dir_fd, entry, fetch_all, fresh, content)
             if error:
@@ -179,40 +231,35 @@ class Restore:
             for w in warnings:
                 self.report["warnings"].append({"path": os.fsdecode(rel), "warning": w})
 
-    def _restore_entry(self, parent_fd: int, entry, rel: bytes, fresh: bool) -> None:
+    def _restore_entry(self, parent_fd: int, entry, rel: bytes, fresh: bool, jobs: list) -> None:
+        """Restore one entry of the folder open as parent_fd; a file's job joins `jobs`."""
         name = entry.name
         if not safe_name(name):
             self._fail(rel, "unsafe name in the catalog; refused")
+            return
+        if entry.kind == "f":
+            self._submit(jobs, self.large_lane, self._large_file_job, parent_fd, entry, rel, fresh)
             return
         try:
             if entry.kind == "d":
                 fd, made = self._open_dir(parent_fd, name)
                 try:
-                    self._restore_children(fd, entry.path_id, rel, made)
-                finally:
+                    children = self._restore_children(fd, entry.path_id, rel, made)
+                except BaseException:
                     os.close(fd)
-                self.report["dirs"] += 1
-            elif entry.kind == "f":
-                error = self._restore_file(parent_fd, entry, self._prefetched, fresh)
-                if error:
-                    self._fail(rel, error)
-                    return
-                self.report["files"] += 1
-                self.report["bytes"] += entry.size
-                if self.progress:
-                    self.progress.bytes(entry.size)
-            else:
-                if not fresh:
-                    self._remove_existing(parent_fd, name)
-                if entry.kind == "l":
-                    os.symlink(entry.target, name, dir_fd=parent_fd)
-                elif entry.kind == "p":
-                    os.mkfifo(name, 0o600, dir_fd=parent_fd)
-                elif entry.kind in ("c", "b"):
-                    import stat
-                    mode = stat.S_IFCHR if entry.kind == "c" else stat.S_IFBLK
-                    os.mknod(name, mode | 0o600, entry.rdev or 0, dir_fd=parent_fd)
-                self.report["other"] += 1
+                    raise
+                self._defer(children, (parent_fd, fd, entry, rel))
+                return
+            if not fresh:
+                self._remove_existing(parent_fd, name)
+            if entry.kind == "l":
+                os.symlink(entry.target, name, dir_fd=parent_fd)
+            elif entry.kind == "p":
+                os.mkfifo(name, 0o600, dir_fd=parent_fd)
+            elif entry.kind in ("c", "b"):
+                mode = stat.S_IFCHR if entry.kind == "c" else stat.S_IFBLK
+                os.mknod(name, mode | 0o600, entry.rdev or 0, dir_fd=parent_fd)
+            self.report["other"] += 1
             for w in apply_metadata(parent_fd, name, entry, self.is_root):
                 self.report["warnings"].append({"path": os.fsdecode(rel), "warning": w})
         except OSError as exc:

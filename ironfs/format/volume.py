@@ -45,12 +45,15 @@ PUBLISH_AHEAD = 2               # full packs being published while the next fill
 @dataclass(frozen=True)
 class ReadShape:
     """How readers should batch their reads of a volume: small files per job
-    (fewer hand-offs between threads), blobs of a large file per group, and at
-    least this many reader threads. A remote volume wants bigger, more
-    concurrent reads, as each costs a round trip."""
+    (fewer hand-offs between threads), blobs of a large file per group, at
+    least this many threads reading a large file's blobs, and this many
+    workers for small files (one for a local volume: a second only competes
+    for the GIL). A remote volume wants bigger, more concurrent reads, as
+    each costs a round trip."""
     files: int = 16
     blobs: int = 16
     workers: int = 2
+    small_workers: int = 1
 
 
 def is_volume(path: str) -> bool:
