@@ -2,9 +2,11 @@
 restore from a volume folder without the server: an export made by `ironfs
 export`, a set's local copy, a seed. The key is the one this machine keeps for
 the set (by volume id), else the secret given (the account password opens a
-`login` slot, a key file's contents a `private` one)."""
+`login` slot, a key file's contents a `private` one). A folder on read-only
+media is read where it is; its catalog is then built in this machine's cache."""
 import os
 
+from client import config
 from client.keys import load_key, save_key
 from client.restore import Restore
 from ironfs.errors import UsageError
@@ -16,10 +18,10 @@ def open_folder(folder: str, read_secret) -> Volume:
     if not is_volume(folder):
         raise UsageError(f"{folder} is not a volume folder (it has no volume.json).",
                          "Give the folder 'ironfs export', a local copy or 'ironcore seed-load' wrote.")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"{folder} is read-only; decrypt keeps its catalog beside the volume.",
-                         "Copy the folder to a writable disk first.")
     volume = Volume(folder)
+    if not os.access(folder, os.W_OK):   # read-only media: the catalog goes to this machine's cache
+        volume = Volume(folder, catalog_path=os.path.join(config.home(), "cache",
+                                                          f"decrypt-{volume.id.hex()}.catalog.db"))
     master = load_key(volume.id)
     if master is not None:
         volume._set_key(master)

@@ -3,7 +3,11 @@ programs: the first backup written to a folder, imported by the admin, the next
 network backup incremental; a set exported and decrypted on a machine that
 has only the password."""
 import json
+import os
 import random
+import subprocess
+
+import pytest
 
 from conftest import assert_same_tree
 from serverkit import login, server  # noqa: F401 (server is a fixture)
@@ -78,3 +82,32 @@ def test_export_and_decrypt_with_the_password_elsewhere(env, server, tmp_path):
     other.ironcore("decrypt", export, "--to", old, "--snapshot", "1", "--path",
                    str(src / "docs" / "note001.txt").lstrip("/"))     # the key is kept here now
     assert (other.restored(old, src) / "docs" / "note001.txt").read_bytes() != b"second version\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a read-only bind mount needs root (CI runs as root)")
+def test_decrypt_reads_an_export_on_read_only_media(env, server, tmp_path):
+    """An export handed over on a disk mounted read-only: decrypt reads it where
+    it is and keeps the catalog it needs in this machine's cache."""
+    src = tmp_path / "src"
+    make_tree(src, random.Random(9), big=MiB)
+    login(env, server.url)
+    add_server_set(env, "docs", src)
+    env.backup_json("docs")
+    export = tmp_path / "disk" / "docs"
+    env.ironfs("export", "alice", "docs", export, "--data-root", server.root)
+    server.stop()
+    before = sorted(p.name for p in export.iterdir())
+    media = tmp_path / "media"
+    media.mkdir()
+    subprocess.run(["mount", "--bind", str(export), str(media)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(media)], check=True)
+        assert not os.access(media, os.W_OK)
+        out = tmp_path / "out"
+        done = json.loads(env.ironcore("decrypt", media, "--to", out, "--json").stdout)
+        assert done["errors"] == [] and done["files"] > 0
+        assert_same_tree(src, env.restored(out, src))
+        env.ironcore("decrypt", media, "--to", tmp_path / "again")   # the kept catalog is caught up, not rebuilt
+    finally:
+        subprocess.run(["umount", str(media)], check=True)
+    assert sorted(p.name for p in export.iterdir()) == before   # nothing was written beside the volume

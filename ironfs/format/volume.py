@@ -66,8 +66,11 @@ class Volume:
 
     read_shape = ReadShape()
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, catalog_path: str | None = None):
+        """`catalog_path`: keep the catalog elsewhere (a volume on read-only media);
+        it is built from the log on first use and caught up after."""
         self.root = os.path.abspath(root)
+        self._catalog_path = catalog_path or os.path.join(self.root, "catalog.db")
         path = os.path.join(self.root, "volume.json")
         try:
             with open(path, "rb") as f:
@@ -142,7 +145,7 @@ class Volume:
     # --- the catalog ------------------------------------------------------------
     @property
     def catalog_path(self) -> str:
-        return os.path.join(self.root, "catalog.db")
+        return self._catalog_path
 
     def catalog(self) -> Catalog:
         """This thread's catalog connection, brought up to date with the log."""
