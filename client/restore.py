@@ -141,8 +141,15 @@ class Restore:
         while len(self._running) >= JOBS_IN_FLIGHT:
             _, self._running = wait(self._running, return_when=FIRST_COMPLETED)
         fut = pool.submit(fn, *args)
+        if self.progress:   # counted as each job ends, not when its folder is finished
+            fut.add_done_callback(self._show_progress)
         self._running.add(fut)
         jobs.append(fut)
+
+    def _show_progress(self, fut) -> None:
+        """A job's written bytes to the progress display (on the thread that ended it)."""
+        if not fut.cancelled() and fut.exception() is None:
+            self.progress.bytes(sum(nbytes for _, error, nbytes, _ in fut.result() if not error))
 
     def _defer(self, jobs: list, folder: tuple | None) -> None:
         """A folder the walk has left, as (parent_fd, fd, entry, rel): it is closed and
@@ -226,8 +233,6 @@ class Restore:
                 continue
             self.report["files"] += 1
             self.report["bytes"] += nbytes
-            if self.progress:
-                self.progress.bytes(nbytes)
             for w in warnings:
                 self.report["warnings"].append({"path": os.fsdecode(rel), "warning": w})
 
