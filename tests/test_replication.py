@@ -18,6 +18,12 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, assert_same_tree
+from ironfs.format import log as commitlog
+from ironfs.format.fsutil import write_atomic
+from ironfs.format.volume import Volume
+from ironfs.server import feed as feedmod
+from ironfs.store.dataroot import DataRoot
+from ironfs.store.sets import SetStore
 from serverkit import ADMIN_PW, Server, login, make_root
 from test_remote import ALICE_PW, add_server_set, free_port, machine, make_tree
 
@@ -418,3 +424,44 @@ def test_the_feed_is_for_the_admin_and_a_replica_token_opens_nothing_else(env, t
         assert "bob" in {a["name"] for a in later["accounts"]}
     finally:
         east.stop()
+
+
+def test_the_feed_reads_again_only_the_sets_that_changed(env, tmp_path, monkeypatch):
+    """A wake-up of the feed costs a few stat calls per set: the log of a set is
+    listed again only when this process changed the set or its files' stamps
+    moved (another process), and the generation moves exactly then."""
+    make_root(env, tmp_path / "root")
+    root = DataRoot(str(tmp_path / "root"))
+    sets = SetStore(root)
+    for i in range(5):
+        config = Volume.create(str(tmp_path / f"v{i}"), {"login": b"pw"},
+                               kdf_params={"alg": "argon2id", "time_cost": 1, "memory_cost": 1024,
+                                           "parallelism": 1}).config
+        sets.create("alice", f"set{i}", {"sources": ["/data"]}, config)
+    listed = []
+    real_list_seqs = commitlog.list_seqs
+    monkeypatch.setattr(commitlog, "list_seqs", lambda path: listed.append(path) or real_list_seqs(path))
+    feed = feedmod.FeedApi(root, sets, None)
+
+    first = feed.state()
+    assert len(listed) == 5 and len(first["accounts"][-1]["sets"]) == 5
+    listed.clear()
+    assert feed.state()["generation"] == first["generation"] and listed == []
+
+    sets.update_settings("alice", "set2", {"excludes": ["*.tmp"]})      # through this process
+    second = feed.state()
+    assert second["generation"] != first["generation"] and len(listed) == 1 and "set2" in listed[0]
+
+    listed.clear()                                                        # as another process would
+    info_path = os.path.join(sets.set_dir("alice", "set4"), "set.json")
+    info = json.loads(Path(info_path).read_text())
+    info["settings"]["excludes"] = ["*.bak"]
+    write_atomic(info_path, json.dumps(info).encode())
+    third = feed.state()
+    assert third["generation"] != second["generation"] and len(listed) == 1 and "set4" in listed[0]
+    assert [s["set"]["settings"].get("excludes") for s in third["accounts"][-1]["sets"]] == \
+        [None, None, ["*.tmp"], None, ["*.bak"]]
+
+    listed.clear()
+    monkeypatch.setattr(feedmod, "FULL_REFRESH_S", 0.0)                  # the periodic full read
+    assert feed.state()["generation"] == third["generation"] and len(listed) == 5

@@ -2,10 +2,12 @@
 
 One long-polled document describes the whole server (accounts with their
 password hashes, every set's settings, volume.json and log head) and carries a
-generation, the SHA-256 of its content: a replica asks again with the
+generation, a SHA-256 digest of its content: a replica asks again with the
 generation it has and the answer comes when something changed (at once for
 commits and settings made through this server, within a second for changes by
-another process such as `ironfs gc` or `ironfs account`). Commits and packs of
+another process such as `ironfs gc` or `ironfs account`, or within
+FULL_REFRESH_S for two such changes to one set within one tick of the file
+system's clock). Commits and packs of
 any account are then read by name. Only the admin's password or a replication
 token (`ironfs replica token`) opens the feed, and a replication token opens
 nothing else."""
@@ -13,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import threading
 import time
 
 from werkzeug.routing import Rule
@@ -23,7 +26,8 @@ from ironfs.server.responses import json_response
 from ironfs.server.sync import LONG_POLL_MAX, SyncApi, pack_name
 from ironfs.store.accounts import check_account_name
 
-RECHECK_S = 1.0    # how often a waiting feed looks for changes made by other processes
+RECHECK_S = 1.0         # how often a waiting feed looks for changes made by other processes
+FULL_REFRESH_S = 30.0   # and how often it reads every set afresh
 
 RULES = [
     Rule("/api/v1/replication/state", endpoint="feed_state", methods=["GET"]),
@@ -35,6 +39,11 @@ RULES = [
 ENDPOINTS = {rule.endpoint for rule in RULES}
 
 
+def _stamp(path: str) -> tuple:
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def check_replicator(account: dict) -> None:
     if not account["admin"] or account["role"] not in ("owner", "replica"):
         raise Forbidden("The replication feed is for the admin or a replication token.",
@@ -42,28 +51,61 @@ def check_replicator(account: dict) -> None:
 
 
 class FeedApi:
+    """Each set's part of the state is cached with the file stamps of its set.json,
+    volume.json and log folder, and read again only when they (or this process's
+    record of the set's changes) say it changed: a wake-up costs a few stat calls
+    per set, not a read of every log. Everything is read afresh every
+    FULL_REFRESH_S, against a change by another process that a coarse file
+    time could hide."""
+
     def __init__(self, root, sets, sync_api: SyncApi):
         self.root, self.sets, self.sync = root, sets, sync_api
+        self._lock = threading.Lock()
+        self._cache: dict[tuple, tuple] = {}   # (account, set) -> (stamp, entry, digest)
+        self._full_at = -math.inf
 
     def state(self) -> dict:
-        accounts = []
-        for row in self.root.accounts.export():
-            sets = []
-            for name in self.sets.names(row["name"]):
-                set_dir = self.sets.set_dir(row["name"], name)
-                try:
-                    with open(os.path.join(set_dir, "set.json")) as f:
-                        info = json.load(f)
-                    with open(os.path.join(set_dir, "volume", "volume.json")) as f:
-                        volume = json.load(f)
-                    head = (commitlog.list_seqs(os.path.join(set_dir, "volume", "log")) or [0])[-1]
-                except FileNotFoundError:   # being created this instant: the next answer has it
-                    continue
-                sets.append({"name": name, "set": info, "volume": volume, "head": head})
-            accounts.append(dict(row, sets=sets))
-        body = {"fingerprint": self.root.fingerprint(), "accounts": accounts}
-        body["generation"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-        return body
+        with self._lock:
+            changed = self.sets.take_changed_sets()
+            now = time.monotonic()
+            if now - self._full_at >= FULL_REFRESH_S:
+                self._full_at, self._cache = now, {}
+            accounts, digest, seen = [], hashlib.sha256(), set()
+            digest.update(self.root.fingerprint().encode())
+            for row in self.root.accounts.export():
+                digest.update(json.dumps(row, sort_keys=True).encode())
+                sets = []
+                for name in self.sets.names(row["name"]):
+                    key = (row["name"], name)
+                    got = self._set_state(key, stale=key in changed)
+                    if got is not None:   # None: being created this instant, the next answer has it
+                        seen.add(key)
+                        sets.append(got[0])
+                        digest.update(got[1])
+                accounts.append(dict(row, sets=sets))
+            for key in self._cache.keys() - seen:
+                del self._cache[key]
+        return {"fingerprint": self.root.fingerprint(), "accounts": accounts, "generation": digest.hexdigest()}
+
+    def _set_state(self, key: tuple, stale: bool):
+        """(entry, digest) of one set, from the cache while its stamp holds."""
+        set_dir = self.sets.set_dir(*key)
+        try:
+            stamp = tuple(_stamp(os.path.join(set_dir, *part))
+                          for part in (("set.json",), ("volume", "volume.json"), ("volume", "log")))
+            cached = self._cache.get(key)
+            if cached is not None and cached[0] == stamp and not stale:
+                return cached[1:]
+            with open(os.path.join(set_dir, "set.json")) as f:
+                info = json.load(f)
+            with open(os.path.join(set_dir, "volume", "volume.json")) as f:
+                volume = json.load(f)
+            head = (commitlog.list_seqs(os.path.join(set_dir, "volume", "log")) or [0])[-1]
+        except FileNotFoundError:
+            return None
+        entry = {"name": key[1], "set": info, "volume": volume, "head": head}
+        self._cache[key] = (stamp, entry, hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).digest())
+        return self._cache[key][1:]
 
     def feed_state(self, request, account):
         """The state now, or (with `after` = the generation the caller has and `wait`

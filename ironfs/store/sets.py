@@ -119,6 +119,7 @@ class SetStore:
         self._closing = False
         self._changes = threading.Condition()   # notified on any commit or settings change (the replication feed)
         self.changes = 0
+        self._changed_sets: set[tuple] = set()  # (account, set) changed since the feed last asked
 
     # --- places --------------------------------------------------------------------
     def set_dir(self, account: str, name: str) -> str:
@@ -183,7 +184,7 @@ class SetStore:
             write_atomic(os.path.join(path, "set.json"), json.dumps(
                 {"name": name, "created_ns": time.time_ns(), "settings": settings, "machines": {}}, indent=1).encode())
         logger.info("event=set-created account=%s set=%s", account, name)
-        self.changed()
+        self.changed(account, name)
         return self.info(account, name)
 
     def _update(self, account: str, name: str, change) -> dict:
@@ -192,7 +193,7 @@ class SetStore:
             info = self._read_json(path)
             change(info)
             write_atomic(path, json.dumps(info, indent=1).encode())
-        self.changed()
+        self.changed(account, name)
         return self.info(account, name)
 
     def update_settings(self, account: str, name: str, settings: dict) -> dict:
@@ -225,7 +226,7 @@ class SetStore:
             vol.refresh()
             cond.notify_all()
         logger.info("event=forget account=%s set=%s seq=%d snapshots=%d", account, name, seq, len(seqs))
-        self.changed()
+        self.changed(account, name)
         return seq
 
     def set_machine(self, account: str, name: str, host: str, scheduled: bool) -> dict:
@@ -245,7 +246,7 @@ class SetStore:
             config["slots"] = [s for s in config["slots"] if s["name"] != slot["name"]] + [slot]
             write_atomic(os.path.join(vol.root, "volume.json"), json.dumps(config, indent=1).encode())
             vol.config = config
-        self.changed()
+        self.changed(account, name)
 
     # --- the writer lease ------------------------------------------------------------
     def _lease_path(self, account: str, name: str) -> str:
@@ -482,7 +483,7 @@ class SetStore:
             self._save_lease(account, name, lease)
             cond.notify_all()
         logger.info("event=commit account=%s set=%s seq=%d bytes=%d", account, name, seq, length)
-        self.changed()
+        self.changed(account, name)
         return seq
 
     def _check_commit(self, vol: Volume, path: str, seq: int) -> None:
@@ -521,11 +522,19 @@ class SetStore:
     def closing(self) -> bool:
         return self._closing
 
-    def changed(self) -> None:
+    def changed(self, account: str | None = None, name: str | None = None) -> None:
         """Wake the replication feed's long polls: something in a set changed."""
         with self._changes:
+            if account is not None:
+                self._changed_sets.add((account, name))
             self.changes += 1
             self._changes.notify_all()
+
+    def take_changed_sets(self) -> set[tuple]:
+        """The (account, set) pairs this process changed since the last call."""
+        with self._changes:
+            changed, self._changed_sets = self._changed_sets, set()
+            return changed
 
     def wait_for_change(self, seen: int, timeout: float) -> int:
         """The change counter, waiting up to `timeout` s for it to pass `seen`."""
