@@ -7,7 +7,7 @@ media is read where it is; its catalog is then built in this machine's cache."""
 import os
 
 from client import config
-from client.keys import load_key, save_key
+from client.keys import open_volume_key
 from client.restore import Restore
 from ironfs.errors import UsageError
 from ironfs.format.snapshots import resolve_snapshot
@@ -22,12 +22,7 @@ def open_folder(folder: str, read_secret) -> Volume:
     if not os.access(folder, os.W_OK):   # read-only media: the catalog goes to this machine's cache
         volume = Volume(folder, catalog_path=os.path.join(config.home(), "cache",
                                                           f"decrypt-{volume.id.hex()}.catalog.db"))
-    master = load_key(volume.id)
-    if master is not None:
-        volume._set_key(master)
-    else:
-        volume.unlock(read_secret())
-        save_key(volume.id, volume.key)
+    open_volume_key(volume, read_secret)
     return volume
 
 

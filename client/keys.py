@@ -37,6 +37,17 @@ def load_key(volume_id: bytes) -> crypto.MasterKey | None:
         return None
 
 
+def open_volume_key(volume, read_secret) -> None:
+    """Give `volume` the key this machine keeps for it, else the one the secret
+    `read_secret()` returns opens (which is then kept)."""
+    master = load_key(volume.id)
+    if master is None:
+        volume.unlock(read_secret())
+        save_key(volume.id, volume.key)
+    else:
+        volume.use_key(master)
+
+
 def sync_login_slots(state: dict, password: str) -> tuple[list[str], list[str]]:
     """At login, with the password at hand: take the keys of sets whose `login` slot
     it opens, and re-wrap under it the slots that still hold an older password

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 from client import config
-from client.keys import load_key, save_key
+from client.keys import open_volume_key
 from client.remote import ServerClient, ServerError
 from ironfs.errors import CorruptData, IroncoreError, MissingData, VolumeBusy
 from ironfs.format import log as commitlog, pack as packfmt
@@ -56,12 +56,7 @@ class RemoteVolume(Volume):
     # --- keys ---------------------------------------------------------------------------
     def open_key(self, read_secret) -> None:
         """The key kept on this machine, else one opened with the secret `read_secret()` gives (then kept)."""
-        master = load_key(self.id)
-        if master is None:
-            self.unlock(read_secret())
-            save_key(self.id, self.key)
-        else:
-            self._set_key(master)
+        open_volume_key(self, read_secret)
 
     # --- the mirrored log --------------------------------------------------------------------
     def sync(self) -> None:

@@ -44,7 +44,7 @@ def seed_load(server, name: str, bset, info: dict, folder: str, read_secret, pro
     os.makedirs(os.path.join(folder, "packs"), mode=0o700, exist_ok=True)
     write_atomic(os.path.join(folder, "volume.json"), json.dumps(info["volume"], indent=1).encode())
     seed = SeedVolume(folder)
-    seed._set_key(key)
+    seed.use_key(key)
     try:
         report = Backup(seed, bset, os.path.join(config.home(), "cache"), progress=progress).run()
     finally:

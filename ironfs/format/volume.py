@@ -124,17 +124,18 @@ class Volume:
         write_atomic(os.path.join(root, "volume.json"), json.dumps(config, indent=1).encode())
         fsync_dir(os.path.dirname(root))
         vol = cls(root)
-        vol._set_key(master)
+        vol.use_key(master)
         return vol
 
-    def _set_key(self, master: crypto.MasterKey) -> None:
+    def use_key(self, master: crypto.MasterKey) -> None:
+        """Read and write with a master key obtained elsewhere (kept on this machine)."""
         self.key = master
         self.sealer = crypto.BlobSealer(master)
 
     def unlock(self, secret: bytes) -> str:
         """Open the master key with a secret; returns the name of the slot it opened."""
         master, slot = crypto.open_slots(self.config["slots"], secret, self.id)
-        self._set_key(crypto.MasterKey(master))
+        self.use_key(crypto.MasterKey(master))
         return slot
 
     def require_key(self) -> crypto.MasterKey:
