@@ -394,8 +394,8 @@ class VolumeWriter:
         # A full pack is finished (index, fsync, rename) on its own thread while the
         # next one fills; a subclass that needs each pack's name at once (uploads)
         # overrides flush_pack and gets it synchronously.
-        self._background = type(self).flush_pack is VolumeWriter.flush_pack
-        self._publisher = ThreadPoolExecutor(1, thread_name_prefix="pack-publisher") if self._background else None
+        self._publisher = (ThreadPoolExecutor(1, thread_name_prefix="pack-publisher")
+                           if type(self).flush_pack is VolumeWriter.flush_pack else None)
         self._publishing: list = []
         self._packs_dir = os.path.join(volume.root, "packs")
         self._remove_tmp_files()

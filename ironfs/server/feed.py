@@ -71,7 +71,8 @@ class FeedApi:
             if now - self._full_at >= FULL_REFRESH_S:
                 self._full_at, self._cache = now, {}
             accounts, digest, seen = [], hashlib.sha256(), set()
-            digest.update(self.root.fingerprint().encode())
+            fingerprint = self.root.fingerprint()   # reads and hashes the certificate: once a call
+            digest.update(fingerprint.encode())
             for row in self.root.accounts.export():
                 digest.update(json.dumps(row, sort_keys=True).encode())
                 sets = []
@@ -85,7 +86,7 @@ class FeedApi:
                 accounts.append(dict(row, sets=sets))
             for key in self._cache.keys() - seen:
                 del self._cache[key]
-        return {"fingerprint": self.root.fingerprint(), "accounts": accounts, "generation": digest.hexdigest()}
+        return {"fingerprint": fingerprint, "accounts": accounts, "generation": digest.hexdigest()}
 
     def _set_state(self, key: tuple, stale: bool):
         """(entry, digest) of one set, from the cache while its stamp holds."""
