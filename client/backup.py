@@ -18,7 +18,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from client import directio
+from ironfs.format import directio
 from client.cache import FileCache, entry_digest, version_digest
 from client.fsmeta import kind_of, version_record
 from ironfs.errors import IroncoreError

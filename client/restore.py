@@ -12,7 +12,7 @@ import stat
 from collections import OrderedDict, deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from client import directio
+from ironfs.format import directio
 from client.fsmeta import apply_metadata
 from ironfs.errors import CorruptData, IroncoreError, NotFound
 from ironfs.format.catalog import ROOT, split_path
@@ -342,7 +342,7 @@ def safe_name(name: bytes) -> bool:
 def write_content(fd: int, content: dict, key, blobs) -> None:
     """Write a content's extents (`blobs` yields each extent's blob data, or
     None for holes) and check the result against the content id. A large file
-    goes past the page cache (client.directio)."""
+    goes past the page cache (ironfs.format.directio)."""
     hasher = ContentHasher(key)
     out = directio.Writer(fd, content["size"])
     pos = 0

@@ -6,7 +6,7 @@ import os
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from client import directio
+from ironfs.format import directio
 
 FILESYSTEMS = ["tmp_path"] + (["/dev/shm"] if os.path.isdir("/dev/shm") else [])
 
