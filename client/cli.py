@@ -506,10 +506,9 @@ def decrypt(folder, target, snapshot, path, as_json, password_stdin):
     """Restore from a volume FOLDER without the server: an export ('ironfs export'),
     a set's local copy or a seed, with the set's key kept here or the secret given."""
     from client.decrypt import decrypt as run
-    progress = maybe_progress(not as_json, "restore")
-    with progress or contextlib.nullcontext():
-        report = run(folder, target, snapshot, path,
-                     lambda: config.read_secret(password_stdin, prompt="Account password or set key: "), progress)
+    report = run(folder, target, snapshot, path,
+                 lambda: config.read_secret(password_stdin, prompt="Account password or set key: "),
+                 maybe_progress(not as_json, "restore"))
     print_restore(report, target, as_json)
 
 

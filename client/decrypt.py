@@ -4,6 +4,7 @@ export`, a set's local copy, a seed. The key is the one this machine keeps for
 the set (by volume id), else the secret given (the account password opens a
 `login` slot, a key file's contents a `private` one). A folder on read-only
 media is read where it is; its catalog is then built in this machine's cache."""
+import contextlib
 import os
 
 from client import config
@@ -27,10 +28,13 @@ def open_folder(folder: str, read_secret) -> Volume:
 
 
 def decrypt(folder: str, target: str, snapshot, path, read_secret, progress=None) -> dict:
+    """`progress`: a display not yet started (it starts once the restore's workers are)."""
     volume = open_folder(folder, read_secret)
     try:
         snap = resolve_snapshot(volume.refresh(), snapshot)
-        report = Restore(volume, snap["seq"], target, progress=progress).run(path)
+        restorer = Restore(volume, snap["seq"], target, progress=progress)
+        with progress or contextlib.nullcontext():
+            report = restorer.run(path)
     finally:
         volume.close()
     report["snapshot"] = snap["seq"]

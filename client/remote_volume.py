@@ -35,7 +35,7 @@ LEASE_HEADER = "Ironcore-Lease"
 
 
 class RemoteVolume(Volume):
-    read_shape = ReadShape(files=64, blobs=32, workers=4, small_workers=4)
+    read_shape = ReadShape(files=64, blobs=32, workers=4, small_workers=4, local=False)
     local_copy = None   # a client.localcopy.LocalCopy that also keeps each uploaded pack
 
     def __init__(self, server: ServerClient, set_name: str, info: dict | None = None):

@@ -5,31 +5,42 @@ O_NOFOLLOW, and names are checked on the way out of the catalog, so nothing is
 ever written outside the target, even through a symlink restored earlier in the
 same run. A file whose data cannot be had whole is removed and reported; the
 rest of the restore goes on and the run ends non-zero."""
+import ctypes
 import errno
+import functools
 import logging
+import multiprocessing
 import os
+import signal
 import stat
 from collections import OrderedDict, deque
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 
-from ironfs.format import directio
 from client.fsmeta import apply_metadata
 from ironfs.errors import CorruptData, IroncoreError, NotFound
+from ironfs.format import directio
 from ironfs.format.catalog import ROOT, split_path
-from ironfs.format.content import ContentHasher
+from ironfs.format.content import ContentHasher, content_digest
+from ironfs.format.crypto import MasterKey
+from ironfs.format.volume import Volume
 
 logger = logging.getLogger(__name__)
 
 GROUPS_AHEAD = 3
-SMALL_FILE = 4 << 20    # files up to this size are restored whole by a worker thread
-JOBS_IN_FLIGHT = 12     # file jobs queued at once (a small-file job holds up to SMALL_FILE of data)
+SMALL_FILE = 4 << 20    # files up to this size are restored whole, in batches; larger ones in parts
+SEGMENT = 64 << 20      # bytes of a large file written by one job (a multiple of the grid)
+PARTS_AHEAD = 16 << 30  # bytes of large files the walk may leave waiting for a worker
+JOBS_IN_FLIGHT = 12     # small-file jobs queued at once (each holds up to SMALL_FILE of data)
 OPEN_DIRS = 256         # folders kept open for their files' jobs
+PR_SET_PDEATHSIG = 1    # prctl(2)
 
 
 class BlobCache:
-    """A small LRU of decrypted blobs: delta extents often revisit one blob."""
+    """A small LRU of decrypted blobs, one per part of a large file being
+    written: delta extents often revisit one blob."""
 
-    def __init__(self, limit_bytes: int = 64 << 20):
+    def __init__(self, limit_bytes: int = 32 << 20):
         self.limit = limit_bytes
         self.size = 0
         self.items: OrderedDict[bytes, bytes] = OrderedDict()
@@ -50,13 +61,177 @@ class BlobCache:
             self.size -= len(old)
 
 
+class FileWriter:
+    """Writes files into folders under the target: the jobs of a restore. A
+    folder is named by its path below the target and opened one name at a time
+    with O_NOFOLLOW, so a symlink restored in its place is never followed. For a
+    local volume the jobs run in worker processes, each with its own interpreter
+    (threads would share one GIL, and a file's many small steps hold it); for a
+    remote one, in threads of the restoring process."""
+
+    def __init__(self, volume, target: str, threads: int | None = None):
+        self.volume = volume
+        self.top = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+        self.is_root = os.geteuid() == 0
+        self.pool = ThreadPoolExecutor(threads or max(os.cpu_count() or 2, volume.read_shape.workers),
+                                       thread_name_prefix="restore-read")   # blobs of a large file, read ahead
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        os.close(self.top)
+
+    def _folder(self, prefix: bytes) -> int:
+        fd = os.dup(self.top)
+        try:
+            for name in split_path(prefix) if prefix else ():
+                if not safe_name(name):
+                    raise OSError(errno.EINVAL, "unsafe name in the catalog; refused")
+                parent, fd = fd, os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(parent)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def small_files(self, prefix: bytes, files: list, fresh: bool) -> list:
+        """A batch of small files of one folder, their blobs read together;
+        reports (rel, error, bytes, warnings) per file."""
+        try:
+            dir_fd = self._folder(prefix)
+        except OSError as exc:
+            return [(rel, exc.strerror or str(exc), 0, []) for _, rel in files]
+        try:
+            catalog = self.volume.catalog()
+            contents = catalog.contents({e.content for e, _ in files if e.content})
+            blobs = self.volume.read_blobs({b for c in contents.values() if c for b, _, _ in c["ext"] if b})
+
+            def fetch_all(extents):
+                for blob, _, _ in extents:
+                    data = None if blob is None else blobs[blob]
+                    if isinstance(data, Exception):
+                        raise data
+                    yield data
+            return [self._file_job(dir_fd, e, r, fresh, fetch_all, contents.get(e.content)) for e, r in files]
+        finally:
+            os.close(dir_fd)
+
+    def segment(self, prefix: bytes, name: bytes, rel: bytes, start: int, extents: list, size: int) -> list:
+        """Write one part of a large file that the walk has made (its extents, from
+        file offset `start`, a grid boundary), its blobs read ahead by the read
+        pool; reports (rel, error, bytes, chunk ids of the part)."""
+        try:
+            dir_fd = self._folder(prefix)
+            try:
+                fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            return [(rel, exc.strerror or str(exc), 0, [])]
+        try:
+            ids, end = write_extents(fd, self.volume.key, extents, self._prefetched(extents), start, size)
+        except IroncoreError as exc:
+            return [(rel, f"not restored: {exc.message}", 0, [])]
+        except OSError as exc:
+            return [(rel, exc.strerror or str(exc), 0, [])]
+        finally:
+            os.close(fd)
+        return [(rel, None, end - start, ids)]
+
+    def _file_job(self, dir_fd: int, entry, rel: bytes, fresh: bool, fetch_all, content):
+        try:
+            error = self._restore_file(dir_fd, entry, fetch_all, fresh, content)
+            if error:
+                return rel, error, 0, []
+            return rel, None, entry.size, apply_metadata(dir_fd, entry.name, entry, self.is_root)
+        except OSError as exc:
+            return rel, exc.strerror or str(exc), 0, []
+
+    def _restore_file(self, parent_fd: int, entry, fetch_all, fresh: bool, content=None) -> str | None:
+        """Write one small file; on failure remove it and return why (never leave it short)."""
+        if not fresh:
+            remove_existing(parent_fd, entry.name)
+        if content is None and entry.content:
+            content = self.volume.catalog().content(entry.content)
+        if entry.content and content is None:
+            return "its content is missing from the catalog"
+        fd = os.open(entry.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=parent_fd)
+        ok = False
+        try:
+            if content is not None:
+                write_content(fd, content, self.volume.key, fetch_all(content["ext"]))
+            ok = True
+        except IroncoreError as exc:
+            return f"not restored: {exc.message}"
+        finally:
+            os.close(fd)
+            if not ok:
+                os.unlink(entry.name, dir_fd=parent_fd)
+        return None
+
+    def _prefetched(self, extents):
+        """Blob data for each extent in order. The pool reads the blobs ahead in
+        groups, in the order the file first uses them."""
+        order, seen = [], set()
+        for blob, _, _ in extents:
+            if blob is not None and blob not in seen:
+                seen.add(blob)
+                order.append(blob)
+        step = self.volume.read_shape.blobs
+        groups = deque(order[i:i + step] for i in range(0, len(order), step))
+        futures = deque()
+        failed = {}
+        cache = BlobCache()
+
+        def fill():
+            while groups and len(futures) < GROUPS_AHEAD:
+                futures.append(self.pool.submit(self.volume.read_blobs, groups.popleft()))
+
+        fill()
+        for blob, _, _ in extents:
+            if blob is None:
+                yield None
+                continue
+            while (data := cache.get(blob)) is None and blob not in failed:
+                got = futures.popleft().result() if futures else self.volume.read_blobs([blob])
+                for blob_id, value in got.items():
+                    if isinstance(value, Exception):
+                        failed[blob_id] = value
+                    else:
+                        cache.put(blob_id, value)
+                fill()
+            if blob in failed:
+                raise failed[blob]
+            yield data
+
+
+_writer: FileWriter | None = None   # a worker process's own
+
+
+def _start_worker(parent: int, root: str, catalog_path: str, raw_key: bytes, target: str) -> None:
+    """A worker process (forked) opens the volume again, with catalog
+    connections and pack descriptors of its own, and the key it inherited.
+    It ends with the restoring process, however that ends (even by SIGKILL)."""
+    global _writer
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the restoring process handles Ctrl-C and stops us
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:   # it ended before we asked
+        os._exit(1)
+    volume = Volume(root, catalog_path=catalog_path)
+    volume.use_key(MasterKey(raw_key))
+    _writer = FileWriter(volume, target)
+
+
+def _run_in_worker(job: str, *args) -> list:
+    return getattr(_writer, job)(*args)
+
+
 class Restore:
-    """The walk runs on the calling thread and only makes folders, links and
-    special files itself. Files are written by jobs: small ones in batches by a
-    pool, large ones one at a time by a lane whose blobs a second pool reads
-    ahead. A folder stays open, its own metadata waiting, until the jobs of its
-    files are done, so the walk goes on past a large file instead of waiting for
-    it, and large and small files are written at the same time."""
+    """The walk runs on the calling thread and only makes folders, links,
+    special files and large files (at full size, still empty) itself. File data
+    is written by jobs (FileWriter): small files in batches, large ones in parts.
+    A folder stays open, its own metadata waiting, until the jobs of its files
+    are done, so the walk goes on past a large file instead of waiting for it,
+    and large and small files are written at the same time."""
 
     def __init__(self, volume, snapshot: int, target: str, progress=None, threads: int | None = None):
         self.volume = volume
@@ -64,22 +239,43 @@ class Restore:
         self.snapshot = snapshot
         self.target = os.path.abspath(target)
         self.progress = progress
-        self.cache = BlobCache()   # used by the large-file lane only
-        shape = volume.read_shape
-        self.pool = ThreadPoolExecutor(threads or max(os.cpu_count() or 2, shape.workers),
-                                       thread_name_prefix="restore-read")     # blobs of large files
-        self.file_pool = ThreadPoolExecutor(threads or shape.small_workers,
-                                            thread_name_prefix="restore-small")  # small files in batches
-        self.large_lane = ThreadPoolExecutor(1, thread_name_prefix="restore-large")  # large files, in order
+        self.threads = threads
         self.is_root = os.geteuid() == 0
         self.report = {"files": 0, "dirs": 0, "other": 0, "bytes": 0, "errors": [], "warnings": []}
-        self._running: set = set()         # jobs submitted and not yet seen done (the bound on work in flight)
+        self._running: set = set()         # small-file jobs not yet seen done (the bound on work in flight)
         self._open_dirs: deque = deque()   # (jobs, folder) in the order the walk left each folder
+        self._parts: deque = deque()       # parts of large files not started yet: (LargeFile, job args)
+        self._parts_running: set = set()
+        self._parts_bytes = 0              # bytes of the parts not started yet
+        self._walking = True
+        self._executor = self._writer = None
+        self._start_jobs()
+
+    def _start_jobs(self) -> None:
+        """Worker processes for a local volume, threads otherwise (see FileWriter).
+        The workers are forked here, before the caller starts a progress display
+        (or any thread), and after this process lets go of its catalog
+        connection: no SQLite connection or lock crosses a fork."""
+        shape = self.volume.read_shape
+        os.makedirs(self.target, exist_ok=True)
+        if shape.local:
+            self.volume.close()   # it reopens what it needs on first use
+            self._workers = os.cpu_count() or 2
+            self._executor = ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("fork"),
+                                                 initializer=_start_worker,
+                                                 initargs=(os.getpid(), self.volume.root, self.volume.catalog_path,
+                                                           self.volume.key.raw, self.target))
+            self._executor.submit(os.getpid).result()   # forks every worker now
+            self._run_job = functools.partial(self._executor.submit, _run_in_worker)
+            return
+        self._writer = FileWriter(self.volume, self.target, self.threads)
+        self._workers = self.threads or shape.small_workers
+        self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="restore-files")
+        self._run_job = lambda job, *args: self._executor.submit(getattr(self._writer, job), *args)
 
     def run(self, path: str | None = None) -> dict:
         catalog = self.volume.refresh()
         catalog.prefetch()
-        os.makedirs(self.target, exist_ok=True)
         top = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY)
         opened = []
         try:
@@ -98,11 +294,15 @@ class Restore:
                 self._defer(jobs, None)
             else:
                 self._defer(self._restore_children(top, ROOT, b"", fresh=False), None)
+            self._walking = False
+            self._pump()
             while self._open_dirs:
                 self._finish_oldest()
         finally:
-            for pool in (self.large_lane, self.file_pool, self.pool):
-                pool.shutdown(wait=True)
+            if self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=True)
+            if self._writer is not None:
+                self._writer.close()
             for _, folder in self._open_dirs:   # only after an unexpected error: let go of the folders
                 if folder is not None:
                     os.close(folder[1])
@@ -134,17 +334,40 @@ class Restore:
             raise
 
     # --- jobs and the folders waiting for them ----------------------------------------
-    def _submit(self, jobs: list, pool: ThreadPoolExecutor, fn, *args) -> None:
-        """Start a job for the folder whose `jobs` it joins; first wait, if too much
-        is in flight, for any one job to end (not the oldest: that may be a large
-        file the walk should go on past)."""
+    def _submit(self, jobs: list, job: str, *args) -> None:
+        """Start a small-file job for the folder whose `jobs` it joins; first wait,
+        if too much is in flight, for any one job to end (not the oldest: that
+        may be a large file the walk should go on past)."""
         while len(self._running) >= JOBS_IN_FLIGHT:
-            _, self._running = wait(self._running, return_when=FIRST_COMPLETED)
-        fut = pool.submit(fn, *args)
-        if self.progress:   # counted as each job ends, not when its folder is finished
-            fut.add_done_callback(self._show_progress)
+            self._wait_any(self._running)
+        fut = self._start(job, *args)
         self._running.add(fut)
         jobs.append(fut)
+
+    def _start(self, job: str, *args):
+        fut = self._run_job(job, *args)
+        if self.progress:   # counted as each job ends, not when its folder is finished
+            fut.add_done_callback(self._show_progress)
+        return fut
+
+    def _wait_any(self, futures) -> None:
+        """Wait for one of `futures` or of the running parts to end; start more parts."""
+        wait(set(futures) | self._parts_running, return_when=FIRST_COMPLETED)
+        self._running = {f for f in self._running if not f.done()}
+        self._pump()
+
+    def _pump(self) -> None:
+        """Start parts of large files: one at a time while the walk goes on, so that
+        the other workers write small files meanwhile (a large file waits mostly
+        on the disk, small files on the CPU), as many as there are workers after."""
+        self._parts_running = {f for f in self._parts_running if not f.done()}
+        limit = 1 if self._walking else self._workers
+        while self._parts and len(self._parts_running) < limit:
+            large, args = self._parts.popleft()
+            self._parts_bytes -= args[-1]
+            fut = self._start("segment", *args[:-1])
+            large.parts.append(fut)
+            self._parts_running.add(fut)
 
     def _show_progress(self, fut) -> None:
         """A job's written bytes to the progress display (on the thread that ended it)."""
@@ -163,7 +386,11 @@ class Restore:
         jobs, folder = self._open_dirs.popleft()
         try:
             for fut in jobs:
-                self._running.discard(fut)
+                if isinstance(fut, LargeFile):
+                    self._finish_large(fut)
+                    continue
+                while not fut.done():
+                    self._wait_any([fut])
                 self._collect(fut)
         finally:
             if folder is not None:
@@ -190,41 +417,74 @@ class Restore:
                 batch.append((entry, rel))
                 batch_bytes += entry.size
                 if len(batch) >= self.volume.read_shape.files or batch_bytes >= SMALL_FILE:
-                    self._submit(jobs, self.file_pool, self._small_files_job, dir_fd, batch, fresh)
+                    self._submit(jobs, "small_files", prefix, batch, fresh)
                     batch, batch_bytes = [], 0
             else:
                 self._restore_entry(dir_fd, entry, rel, fresh, jobs)
         if batch:
-            self._submit(jobs, self.file_pool, self._small_files_job, dir_fd, batch, fresh)
+            self._submit(jobs, "small_files", prefix, batch, fresh)
         return jobs
 
-    def _small_files_job(self, dir_fd: int, files: list, fresh: bool) -> list:
-        """Worker thread: a batch of small files of one folder, their blobs read
-        together; reports by return value."""
-        catalog = self.volume.catalog()
-        contents = catalog.contents({e.content for e, _ in files if e.content})
-        blobs = self.volume.read_blobs({b for c in contents.values() if c for b, _, _ in c["ext"] if b})
-
-        def fetch_all(extents):
-            for blob, _, _ in extents:
-                data = None if blob is None else blobs[blob]
-                if isinstance(data, Exception):
-                    raise data
-                yield data
-        return [self._file_job(dir_fd, e, r, fresh, fetch_all, contents.get(e.content)) for e, r in files]
-
-    def _large_file_job(self, dir_fd: int, entry, rel: bytes, fresh: bool) -> list:
-        """The large-file lane: one file, its blobs read ahead by the read pool."""
-        return [self._file_job(dir_fd, entry, rel, fresh, self._prefetched, None)]
-
-    def _file_job(self, dir_fd: int, entry, rel: bytes, fresh: bool, fetch_all, content):
+    def _large_file(self, parent_fd: int, entry, rel: bytes, fresh: bool, jobs: list) -> None:
+        """Make a large file at its full size and write its parts (SEGMENT bytes
+        each) in parallel jobs; it is checked and given its metadata once they
+        are all done (_finish_large)."""
+        content = self.volume.catalog().content(entry.content) if entry.content else None
+        if entry.content and content is None:
+            self._fail(rel, "its content is missing from the catalog")
+            return
         try:
-            error = self._restore_file(dir_fd, entry, fetch_all, fresh, content)
-            if error:
-                return rel, error, 0, []
-            return rel, None, entry.size, apply_metadata(dir_fd, entry.name, entry, self.is_root)
+            if not fresh:
+                remove_existing(parent_fd, entry.name)
+            fd = os.open(entry.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=parent_fd)
+            try:
+                os.ftruncate(fd, content["size"] if content else 0)
+            finally:
+                os.close(fd)
         except OSError as exc:
-            return rel, exc.strerror or str(exc), 0, []
+            self._fail(rel, exc.strerror or str(exc))
+            return
+        large = LargeFile(parent_fd, entry, rel, content, [], 0)
+        for start, extents in segments(content["ext"] if content else [], SEGMENT):
+            while self._parts_bytes >= PARTS_AHEAD:
+                self._wait_any(())
+            length = sum(n for _, _, n in extents)
+            self._parts.append((large, (rel.rpartition(b"/")[0], entry.name, rel, start, extents, content["size"],
+                                        length)))
+            self._parts_bytes += length
+            large.count += 1
+        jobs.append(large)
+        self._pump()
+
+    def _finish_large(self, large: "LargeFile") -> None:
+        """Once every part is written: check the file against its content id and
+        set its metadata, or remove it and say why (never leave it short)."""
+        while len(large.parts) < large.count or not all(f.done() for f in large.parts):
+            self._wait_any(large.parts)
+        ids, error, written = [], None, 0
+        for fut in large.parts:
+            for _, part_error, nbytes, part_ids in fut.result():
+                error = error or part_error
+                ids += part_ids
+                written += nbytes
+        content = large.content
+        if content and not error and (written != content["size"]
+                                      or content_digest(self.volume.key, content["size"], ids) != content["id"]):
+            error = "not restored: its data does not match the stored hash"
+        try:
+            if error:
+                os.unlink(large.entry.name, dir_fd=large.parent_fd)
+            else:
+                warnings = apply_metadata(large.parent_fd, large.entry.name, large.entry, self.is_root)
+        except OSError as exc:
+            error = error or exc.strerror or str(exc)
+        if error:
+            self._fail(large.rel, error)
+            return
+        self.report["files"] += 1
+        self.report["bytes"] += large.entry.size
+        for w in warnings:
+            self.report["warnings"].append({"path": os.fsdecode(large.rel), "warning": w})
 
     def _collect(self, fut) -> None:
         for rel, error, nbytes, warnings in fut.result():
@@ -243,7 +503,7 @@ class Restore:
             self._fail(rel, "unsafe name in the catalog; refused")
             return
         if entry.kind == "f":
-            self._submit(jobs, self.large_lane, self._large_file_job, parent_fd, entry, rel, fresh)
+            self._large_file(parent_fd, entry, rel, fresh, jobs)
             return
         try:
             if entry.kind == "d":
@@ -256,7 +516,7 @@ class Restore:
                 self._defer(children, (parent_fd, fd, entry, rel))
                 return
             if not fresh:
-                self._remove_existing(parent_fd, name)
+                remove_existing(parent_fd, name)
             if entry.kind == "l":
                 os.symlink(entry.target, name, dir_fd=parent_fd)
             elif entry.kind == "p":
@@ -270,84 +530,61 @@ class Restore:
         except OSError as exc:
             self._fail(rel, exc.strerror or str(exc))
 
-    def _remove_existing(self, parent_fd: int, name: bytes) -> None:
-        try:
-            os.unlink(name, dir_fd=parent_fd)
-        except FileNotFoundError:
-            pass
-        except IsADirectoryError:
-            raise OSError(errno.EISDIR, "a folder is in the way") from None
 
-    def _restore_file(self, parent_fd: int, entry, fetch_all, fresh: bool, content=None) -> str | None:
-        """Write one file; on failure remove it and return why (never leave it short)."""
-        if not fresh:
-            self._remove_existing(parent_fd, entry.name)
-        if content is None and entry.content:
-            content = self.volume.catalog().content(entry.content)
-        if entry.content and content is None:
-            return "its content is missing from the catalog"
-        fd = os.open(entry.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=parent_fd)
-        ok = False
-        try:
-            if content is not None:
-                write_content(fd, content, self.volume.key, fetch_all(content["ext"]))
-            ok = True
-        except IroncoreError as exc:
-            return f"not restored: {exc.message}"
-        finally:
-            os.close(fd)
-            if not ok:
-                os.unlink(entry.name, dir_fd=parent_fd)
-        return None
+@dataclass(eq=False)
+class LargeFile:
+    """A large file made by the walk and written by jobs, one per part."""
+    parent_fd: int
+    entry: object
+    rel: bytes
+    content: dict | None
+    parts: list     # the jobs of the parts started so far, in file order
+    count: int      # parts in all
 
-    def _prefetched(self, extents):
-        """Blob data for each extent in order (main thread). The pool reads the
-        blobs ahead in groups, in the order the file first uses them."""
-        order, seen = [], set()
-        for blob, _, _ in extents:
-            if blob is not None and blob not in seen:
-                seen.add(blob)
-                order.append(blob)
-        step = self.volume.read_shape.blobs
-        groups = deque(order[i:i + step] for i in range(0, len(order), step))
-        futures = deque()
-        failed = {}
 
-        def fill():
-            while groups and len(futures) < GROUPS_AHEAD:
-                futures.append(self.pool.submit(self.volume.read_blobs, groups.popleft()))
+def segments(extents: list, size: int):
+    """(file offset, extents) of the parts of a content, cut every `size` bytes
+    (a multiple of the grid), an extent that crosses a cut split in two."""
+    part, start, pos = [], 0, 0
+    for blob, off, length in extents:
+        while pos + length > start + size:
+            take = start + size - pos
+            part.append([blob, off, take])
+            yield start, part
+            part, start = [], start + size
+            pos += take
+            length -= take
+            off = 0 if blob is None else off + take
+        if length:
+            part.append([blob, off, length])
+            pos += length
+    if part:
+        yield start, part
 
-        fill()
-        for blob, _, _ in extents:
-            if blob is None:
-                yield None
-                continue
-            while (data := self.cache.get(blob)) is None and blob not in failed:
-                got = futures.popleft().result() if futures else self.volume.read_blobs([blob])
-                for blob_id, value in got.items():
-                    if isinstance(value, Exception):
-                        failed[blob_id] = value
-                    else:
-                        self.cache.put(blob_id, value)
-                fill()
-            if blob in failed:
-                raise failed[blob]
-            yield data
+
+def remove_existing(parent_fd: int, name: bytes) -> None:
+    try:
+        os.unlink(name, dir_fd=parent_fd)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        raise OSError(errno.EISDIR, "a folder is in the way") from None
 
 
 def safe_name(name: bytes) -> bool:
     return name not in (b"", b".", b"..") and b"/" not in name and b"\x00" not in name
 
 
-def write_content(fd: int, content: dict, key, blobs) -> None:
-    """Write a content's extents (`blobs` yields each extent's blob data, or
-    None for holes) and check the result against the content id. A large file
-    goes past the page cache (ironfs.format.directio)."""
-    hasher = ContentHasher(key)
-    out = directio.Writer(fd, content["size"])
-    pos = 0
+def write_extents(fd: int, key, extents: list, blobs, start: int, file_size: int) -> tuple[list, int]:
+    """Write extents from file offset `start` (a grid boundary); `blobs` yields
+    each extent's blob data, or None for holes, which are skipped. Returns the
+    grid chunk ids of what was written and the offset where it ended. A large
+    file goes past the page cache (ironfs.format.directio)."""
+    hasher = ContentHasher(key, start=start)
+    out = directio.Writer(fd, file_size)
+    pos = start
     try:
-        for (blob, off, length), data in zip(content["ext"], blobs):
+        for (blob, off, length), data in zip(extents, blobs):
             if blob is None:
                 hasher.add_zeros(length)
                 pos += length
@@ -355,12 +592,18 @@ def write_content(fd: int, content: dict, key, blobs) -> None:
             piece = memoryview(data)[off:off + length]
             if len(piece) != length:
                 raise CorruptData(f"blob {blob.hex()} is shorter than its extent")
-            hasher.add_extent(blob, off, piece, len(data), content["size"])
+            hasher.add_extent(blob, off, piece, len(data), file_size)
             out.write(pos, piece)
             pos += length
     finally:
         out.close()
+    return hasher.chunk_ids(), pos
+
+
+def write_content(fd: int, content: dict, key, blobs) -> None:
+    """Write a whole content and check it against its id."""
+    ids, pos = write_extents(fd, key, content["ext"], blobs, 0, content["size"])
     if content["ext"] and content["ext"][-1][0] is None:
         os.ftruncate(fd, pos)   # a trailing hole
-    if pos != content["size"] or hasher.digest() != content["id"]:
+    if pos != content["size"] or content_digest(key, pos, ids) != content["id"]:
         raise CorruptData("its data does not match the stored hash")

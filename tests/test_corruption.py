@@ -175,6 +175,30 @@ def test_flipped_byte_is_reported_contained_and_healed(env, tmp_path):
     assert_same_tree(snap1, env.restored(target, src))
 
 
+def test_damage_in_one_part_of_a_large_file_fails_that_file_only(env, tmp_path):
+    """A large file is restored in parts by several workers (64 MiB each); a damaged
+    blob in its second part removes the whole file and fails the run, and every
+    other file, large or small, is restored."""
+    src = tmp_path / "src"
+    (src / "big").mkdir(parents=True)
+    (src / "big" / "huge.bin").write_bytes(os.urandom(70 * MiB))
+    (src / "big" / "other.bin").write_bytes(os.urandom(6 * MiB))
+    (src / "small").mkdir()
+    for i in range(50):
+        (src / "small" / f"f{i:02d}").write_bytes(os.urandom(100 * i))
+    env.add_set("s", src)
+    assert env.backup_json()["snapshot"] == 1
+    _, pack_path, entry = blob_location(env.volume, src, "big/huge.bin", extent=540)   # at 67.5 MiB
+    flip_byte(pack_path, entry.offset + entry.length // 2)
+
+    proc, target = restore(env, tmp_path, 1)
+    assert proc.returncode != 0
+    err = proc.stderr.decode(errors="replace")
+    assert "big/huge.bin" in err and "not restored" in err, err
+    assert "other.bin" not in err and "small/" not in err, err
+    assert_restored_except(src, env.restored(target, src), ["big/huge.bin"])
+
+
 @pytest.fixture
 def two_snapshots(env, tmp_path):
     src = tmp_path / "src"

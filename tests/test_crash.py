@@ -3,7 +3,8 @@ byte-identical, `ironfs verify` passes, and the next backup adopts the packs the
 dead run had already published instead of storing their data again.
 
 The crash points are the named ones of ironfs/format/faults.py (the process
-SIGKILLs itself there), plus one kill from outside at a random moment."""
+SIGKILLs itself there), plus one kill from outside at a random moment. A restore
+killed from outside leaves none of its worker processes behind."""
 import json
 import os
 import random
@@ -264,3 +265,45 @@ def test_backup_killed_from_outside_at_a_random_moment(env, tmp_path):
                 proc.wait(timeout=60)
     assert proc.returncode == -9, why
     check_after_crash(env, tmp_path, src, snap1, new_bytes, packs_before, 0)
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for init to reap it counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_restore_killed_leaves_no_worker_behind(env, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(80 * MiB))
+    write_small_files(src / "small", 300, random.Random(5))
+    env.add_set("s", src)
+    env.backup_json()
+    with open(tmp_path / "restore.err", "wb") as err:
+        proc = subprocess.Popen([str(BIN / "ironcore"), "restore", "s", "--to", str(tmp_path / "out"), "--json"],
+                                env=env.env, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 60
+            workers = []
+            while len(workers) < 2:
+                assert time.monotonic() < deadline and proc.poll() is None, "the restore started no workers"
+                try:
+                    with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+                        workers = [int(p) for p in f.read().split()]
+                except FileNotFoundError:
+                    pass
+                time.sleep(0.001)
+            proc.kill()
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    while any(alive(w) for w in workers):
+        assert time.monotonic() < deadline, f"workers {[w for w in workers if alive(w)]} outlived the restore"
+        time.sleep(0.01)

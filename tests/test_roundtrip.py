@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from client.backup import Backup
 from client.config import BackupSet
-from client.restore import Restore
+from client.restore import Restore, segments
 from conftest import describe_tree
 from ironfs.format.volume import Volume
 
@@ -170,3 +170,21 @@ def test_restore_progress_counts_every_file_as_its_job_ends(tmp_path):
     assert sum(seen.calls) == report["bytes"] == (5 << 20) + sum(1000 + i for i in range(40))
     assert (5 << 20) in seen.calls and len(seen.calls) >= 2   # the large file's job on its own
     volume.close()
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(1, 300)), max_size=30), st.sampled_from([128, 256, 1024]))
+def test_parts_of_a_large_file_cover_its_extents_in_order(pieces, size):
+    """A large file's parts (written by separate workers) start every `size` bytes
+    and together name exactly the bytes of its extents, holes included."""
+    extents = [[None, 0, n] if hole else [b"blob%d" % i, 7, n] for i, (hole, n) in enumerate(pieces)]
+
+    def bytes_of(exts):   # (blob, offset in blob) per byte
+        return [(blob, None if blob is None else off + k) for blob, off, n in exts for k in range(n)]
+    whole = bytes_of(extents)
+    pos = 0
+    for start, part in segments(extents, size):
+        got = bytes_of(part)
+        assert start == pos and got == whole[start:start + len(got)]
+        assert len(got) == size or start + len(got) == len(whole)
+        pos += len(got)
+    assert pos == len(whole)

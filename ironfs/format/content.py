@@ -19,12 +19,14 @@ GRID = 128 * 1024
 class ContentHasher:
     """Feed a file's bytes in order, as raw data, known chunk ids or zeros."""
 
-    def __init__(self, key, grid: int = GRID):
+    def __init__(self, key, grid: int = GRID, start: int = 0):
+        """`start`: the file offset of the first byte fed, a grid boundary (a part
+        of a file checked on its own; see chunk_ids)."""
         self.key = key
         self.grid = grid
         self.ids: list[bytes] = []
         self._buf = bytearray()
-        self.size = 0
+        self.size = start
 
     @property
     def at_boundary(self) -> bool:
@@ -78,9 +80,17 @@ class ContentHasher:
     def _zero_id(self, n: int) -> bytes:
         return _zero_chunk_id(self.key, n)
 
+    def chunk_ids(self) -> list[bytes]:
+        """The ids of the chunks fed so far, the last one short if it ends the file."""
+        return self.ids + ([self.key.blob_id(self._buf)] if self._buf else [])
+
     def digest(self) -> bytes:
-        ids = self.ids + ([self.key.blob_id(self._buf)] if self._buf else [])
-        return blake3(struct.pack("<Q", self.size) + b"".join(ids), key=self.key.content_key).digest(32)
+        return content_digest(self.key, self.size, self.chunk_ids())
+
+
+def content_digest(key, size: int, ids: list[bytes]) -> bytes:
+    """The content id of a file of `size` bytes from the ids of its grid chunks."""
+    return blake3(struct.pack("<Q", size) + b"".join(ids), key=key.content_key).digest(32)
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,4 +1,5 @@
-"""Large files are read (backup) and written (restore) past the page cache.
+"""Large files are read (backup) and written (restore) past the page cache, and
+so are long spans of packs (a restore's reads, ironfs.format.volume).
 
 Through the page cache every page of a large file is allocated, copied and
 later evicted again, pushing the user's working set out of memory; with
@@ -51,13 +52,13 @@ class Reader:
         view = memoryview(buf)
         if self.direct is not None and offset % ALIGN == 0:
             try:
-                got = _fill(self.direct, offset, view[:align_up(length)], direct=True)
+                got = fill(self.direct, offset, view[:align_up(length)], direct=True)
                 return min(got, length)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
                 self._give_up_direct()
-        return _fill(self.fd, offset, view[:length], direct=False)
+        return fill(self.fd, offset, view[:length], direct=False)
 
     def _give_up_direct(self) -> None:
         os.close(self.direct)
@@ -68,7 +69,8 @@ class Reader:
             self._give_up_direct()
 
 
-def _fill(fd: int, offset: int, view: memoryview, direct: bool) -> int:
+def fill(fd: int, offset: int, view: memoryview, direct: bool) -> int:
+    """Read into all of `view` from `offset`; returns the bytes read (fewer at the end of the file)."""
     got = 0
     while got < len(view):
         n = os.preadv(fd, [view[got:]], offset + got)

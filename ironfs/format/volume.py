@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from ironfs.errors import (CorruptData, DiskFull, IroncoreError, MissingData, VolumeBusy, VolumeFormatError,
                            WrongSecret)
-from ironfs.format import crypto, log as commitlog, pack as packfmt
+from ironfs.format import crypto, directio, log as commitlog, pack as packfmt
 from ironfs.format.blobfilter import BlobFilter
 from ironfs.format.catalog import Catalog, remove_catalog_files
 from ironfs.format.faults import armed, crashpoint
@@ -38,6 +38,7 @@ MAX_BLOB = 128 * 1024           # the seed's transfer block (FAQ 2.13)
 PACK_TARGET = 16 * 1024 * 1024  # big enough for few files, small enough to lose little on a crash
 SPAN_GAP = 256 * 1024           # read_blobs reads across gaps this small rather than seek
 SPAN_MAX = 4 * 1024 * 1024      # and at most this much at once
+DIRECT_SPAN = 256 * 1024        # spans this long are read past the page cache
 PACK_FDS = 64                   # pack files kept open for reading
 PUBLISH_AHEAD = 2               # full packs being published while the next fills
 
@@ -45,15 +46,18 @@ PUBLISH_AHEAD = 2               # full packs being published while the next fill
 @dataclass(frozen=True)
 class ReadShape:
     """How readers should batch their reads of a volume: small files per job
-    (fewer hand-offs between threads), blobs of a large file per group, at
-    least this many threads reading a large file's blobs, and this many
-    workers for small files (one for a local volume: a second only competes
-    for the GIL). A remote volume wants bigger, more concurrent reads, as
-    each costs a round trip."""
-    files: int = 16
+    (fewer hand-offs between workers), blobs of a large file per group, at
+    least this many threads reading a large file's blobs, and whether the
+    packs are files on this machine. Those are read past the page cache in
+    large spans, and a restore writes files in one worker process per core
+    (threads would share one GIL); otherwise it uses `small_workers` threads.
+    A remote volume wants bigger, more concurrent reads, as each costs a
+    round trip."""
+    files: int = 64
     blobs: int = 16
     workers: int = 2
     small_workers: int = 1
+    local: bool = True
 
 
 def is_volume(path: str) -> bool:
@@ -89,10 +93,11 @@ class Volume:
         self.key: crypto.MasterKey | None = None
         self.sealer: crypto.BlobSealer | None = None
         self._local = threading.local()
-        self._fds: OrderedDict[str, int] = OrderedDict()   # pack name -> fd, least recently used first
+        self._fds: OrderedDict[tuple, int] = OrderedDict()  # (pack name, direct) -> fd, least recently used first
         self._fd_readers: dict[int, int] = {}                # fd -> reads in progress
         self._fds_retired: set[int] = set()                  # out of _fds, closed by their last reader
         self._fd_lock = threading.Lock()
+        self._direct_ok = True
 
     # --- creation and keys -------------------------------------------------------
     @classmethod
@@ -255,15 +260,16 @@ class Volume:
         return out
 
     @contextlib.contextmanager
-    def _pack_fd(self, name: str):
+    def _pack_fd(self, name: str, direct: bool = False):
         """A pack's descriptor, held open while the caller reads: one that falls out
         of the PACK_FDS kept open is closed by its last reader, so a descriptor
         is never closed (and its number reused) under another thread's read."""
+        key = (name, direct)
         with self._fd_lock:
-            fd = self._fds.pop(name, None)
+            fd = self._fds.pop(key, None)
             if fd is None:
                 try:
-                    fd = os.open(self.pack_path(name), os.O_RDONLY | os.O_CLOEXEC)
+                    fd = os.open(self.pack_path(name), os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECT if direct else 0))
                 except FileNotFoundError:
                     raise MissingData(f"Pack {name} is missing from {self.root}.") from None
                 while len(self._fds) >= PACK_FDS:
@@ -272,7 +278,7 @@ class Volume:
                         self._fds_retired.add(old)
                     else:
                         os.close(old)
-            self._fds[name] = fd
+            self._fds[key] = fd
             self._fd_readers[fd] = self._fd_readers.get(fd, 0) + 1
         try:
             yield fd
@@ -330,10 +336,33 @@ class Volume:
                     span.append(item)
         return out
 
+    def _read_span(self, pack: str, start: int, length: int):
+        """A span of a pack: a large one read past the page cache into this thread's
+        aligned buffer (valid until its next call), a small one with pread."""
+        if length < DIRECT_SPAN or not self._direct_ok or not self.read_shape.local:
+            return memoryview(self.read_sealed(pack, start, length))
+        first = start - start % directio.ALIGN
+        want = directio.align_up(start + length) - first
+        buf = getattr(self._local, "span_buf", None)
+        if buf is None or len(buf) < want:
+            buf = self._local.span_buf = directio.buffer(max(want, SPAN_MAX + 2 * directio.ALIGN))
+        view = memoryview(buf)[:want]
+        try:
+            with self._pack_fd(pack, direct=True) as fd:
+                got = directio.fill(fd, first, view, direct=True)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self._direct_ok = False   # this file system refuses direct I/O
+            return memoryview(self.read_sealed(pack, start, length))
+        if got < start - first + length:
+            raise CorruptData(f"Pack {pack} is shorter than its index says.")
+        return view[start - first:start - first + length]
+
     def _open_span(self, pack: str, span: list, out: dict, sealer: crypto.BlobSealer) -> None:
         start = span[0][0]
         try:
-            data = memoryview(self.read_sealed(pack, start, span[-1][0] + span[-1][1] - start))
+            data = self._read_span(pack, start, span[-1][0] + span[-1][1] - start)
         except IroncoreError as exc:
             for item in span:
                 out[item[3]] = exc
