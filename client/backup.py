@@ -1,12 +1,12 @@
 """One backup run: walk the sources, store what changed, publish one snapshot commit.
 
-Work is spread over threads because every heavy step releases the GIL: the main
-thread walks the tree, reads large files and runs the delta search; a pool
-reads small files and names, signs, compresses and encrypts blobs; a hash lane
-keeps a delta-encoded file's content id and next signature in file order; the
-volume writer's own thread writes packs. Results come back in submission order
-(`_pending`), so the commit's records follow the walk and memory stays bounded
-by the pipeline depth, not by the tree."""
+The main thread walks the tree and runs the delta search; workers
+(client.sealers: processes, or threads) read files and name, sign, compress and
+encrypt their blobs; a hash lane keeps a delta-encoded file's content id and
+next signature in file order; the volume writer's own thread writes packs.
+Results come back in submission order (`_pending`), so the commit's records
+follow the walk and memory stays bounded by the pipeline depth, not by the
+tree."""
 import bisect
 import errno
 import fnmatch
@@ -18,11 +18,12 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from ironfs.format import directio
+from client import sealers
 from client.cache import FileCache, entry_digest, version_digest
 from client.fsmeta import kind_of, version_record
+from client.sealers import SealWorkers, open_for_reading
 from ironfs.errors import IroncoreError
-from ironfs.format import delta
+from ironfs.format import delta, directio
 from ironfs.format.blobfilter import BlobFilter
 from ironfs.format.content import ContentHasher
 from ironfs.format.pack import BLOB_DATA, BLOB_SIGNATURE
@@ -31,8 +32,8 @@ logger = logging.getLogger(__name__)
 
 READ_CHUNK = 1 << 20
 DELTA_MIN_SIZE = 256 * 1024      # below this a changed file is simply stored again
-MAX_INFLIGHT = 16                # jobs queued at once (each up to 1 MiB: 8 blobs or 16 small files)
-SMALL_BATCH = 16                 # small files per worker job: fewer hand-offs between threads
+MAX_INFLIGHT = 16                # jobs queued at once (each up to READ_CHUNK: 8 blobs or 16 small files)
+SMALL_BATCH = 16                 # small files per worker job: fewer messages to the workers
 SPOOL_IN_MEMORY = 32 << 20       # literal data of a delta kept in memory before spilling to a temp file
 LANE_DEPTH = 8                   # file chunks queued for the hash lane (x 1 MiB of memory)
 
@@ -104,45 +105,56 @@ class Backup:
         self.bset = bset
         self.cache = FileCache(cache_dir, volume.id)
         self.progress = progress
-        self.threads = threads or os.cpu_count() or 2
         self.max_blob = volume.max_blob
+        self.sealers = SealWorkers(volume.sealer, self.max_blob, max(READ_CHUNK, SMALL_BATCH * self.max_blob),
+                                   MAX_INFLIGHT + 2, threads)   # forked now: before the caller starts a thread
         self.report = {"files_new": 0, "files_changed": 0, "files_unchanged": 0, "dirs": 0, "other": 0,
                        "deleted": 0, "bytes_read": 0, "bytes_stored": 0, "blobs_stored": 0, "signature_bytes_stored": 0,
                        "errors": []}
         self._pending: deque = deque()
         self._small: list = []
-        self._buffers: list = []   # read buffers of large files, free for reuse
+        self._buffers: list = []   # read buffers of a delta-encoded file, free for reuse
         self.volume_root = os.fsencode(volume.root)
 
     # --- pipeline ------------------------------------------------------------------
-    def _seal_job(self, data, blob_type, block_size=None):
-        """Name and seal a blob, and take its signature records when block_size is
-        given (worker thread). Blobs already in the catalog are not sealed again;
-        one stored earlier in this run may be, and add_blob drops it."""
-        blob_id = self.key.blob_id(data)
-        records = delta.signature(data, block_size).records if block_size else None
-        if blob_id in self.writer.filter and self.volume.catalog().has_blob(blob_id):
-            return [blob_id, None, len(data), blob_type, records]
-        return [blob_id, self.volume.sealer.seal(blob_id, data), len(data), blob_type, records]
+    def _submit(self, job, *args):
+        """Start a worker's job, first waiting for a free slot; returns (future, slot)."""
+        while not self.sealers.free:
+            self._pop()
+        return self.sealers.submit(job, *args)
 
-    def _store_blob(self, data, blob_type=BLOB_DATA, block_size=None):
-        """Queue a blob; returns its future (resolved, in order, by the queue)."""
-        fut = self.pool.submit(self._seal_job, data, blob_type, block_size)
-        self._push(fut, self._blob_done)
+    def _from_slot(self, slot: int, sealed: tuple, blob_type: int = BLOB_DATA) -> list:
+        """A worker's sealed blob, copied out of its slot, as _blob_done takes it."""
+        blob_id, at, n, raw_len, records = sealed
+        return [blob_id, self.sealers.sealed(slot, at, n), raw_len, blob_type, records]
+
+    def _store_blob(self, data):
+        """Queue a data blob; returns its future (resolved, in order, by the queue)."""
+        fut, slot = self._submit(sealers.seal_data, bytes(data), None)
+
+        def done(result):
+            try:
+                self._blob_done(self._from_slot(slot, result))
+            finally:
+                self.sealers.release(slot)
+        self._push(fut, done)
         return fut
 
     def _store_now(self, data, blob_type) -> bytes:
         """Seal and add a blob on this thread; returns its id."""
-        result = self._seal_job(data, blob_type)
-        self._blob_done(result)
-        return result[0]
+        blob_id = self.key.blob_id(data)
+        self._blob_done([blob_id, self.volume.sealer.seal(blob_id, data), len(data), blob_type, None])
+        return blob_id
 
     def _blob_done(self, result):
-        """Main thread, in submission order: add the sealed blob to the pack, then
-        drop it from the result, which the file's extent list still holds."""
+        """Main thread, in submission order: add the sealed blob to the pack unless
+        the volume has it (the workers seal without asking), then drop it from the
+        result, which the file's extent list still holds."""
         blob_id, sealed, raw_len, blob_type, _ = result
         result[1] = None
-        if sealed is not None and self.writer.add_blob(blob_id, blob_type, sealed, raw_len):
+        if sealed is None or (blob_id in self.writer.filter and self.volume.catalog().has_blob(blob_id)):
+            return
+        if self.writer.add_blob(blob_id, blob_type, sealed, raw_len):
             self.report["bytes_stored"] += len(sealed)
             self.report["blobs_stored"] += 1
             if blob_type == BLOB_SIGNATURE:
@@ -168,6 +180,10 @@ class Backup:
 
     # --- run -------------------------------------------------------------------------
     def run(self) -> dict:
+        with self.sealers:
+            return self._run()
+
+    def _run(self) -> dict:
         started = time.time()
         catalog = self.volume.refresh()
         snaps = catalog.snapshots(include_forgotten=True)
@@ -181,8 +197,7 @@ class Backup:
         self.contents = BlobFilter(count + (1 << 18))   # "not in the catalog" without a query
         for (cid,) in catalog.db.execute("SELECT id FROM contents"):
             self.contents.add(cid)
-        with self.volume.writer() as self.writer, ThreadPoolExecutor(self.threads) as self.pool, \
-                ThreadPoolExecutor(1) as self.hash_lane:
+        with self.volume.writer() as self.writer, ThreadPoolExecutor(1) as self.hash_lane:
             self.run_id = self.cache.begin()
             self.commit = self.writer.start_commit("snapshot", sources=list(self.bset.sources), set=self.bset.name)
             try:
@@ -347,7 +362,7 @@ class Backup:
                 except Fallback:
                     pass
             if stored is None:
-                stored = self._store_whole(fd, st)
+                stored = self._store_whole(fd, abspath, st)
         except OSError as exc:
             self._unreadable(abspath, exc)
             return
@@ -355,7 +370,12 @@ class Backup:
             os.close(fd)
 
         def finish():
-            self._add_content(stored(), rel, st, rec, old)
+            try:
+                content = stored()
+            except OSError as exc:   # a worker could not read a chunk
+                self._unreadable(abspath, exc)
+                return
+            self._add_content(content, rel, st, rec, old)
         self._emit(finish)
 
     def _add_content(self, content: dict, rel: bytes, st, rec: dict, old) -> None:
@@ -371,43 +391,17 @@ class Backup:
         if not self._small:
             return
         batch, self._small = self._small, []
-        self._push(self.pool.submit(self._small_jobs, [(b[0], b[2].st_size) for b in batch]),
-                   lambda results: [self._small_done(r, *b) for r, b in zip(results, batch)])
+        fut, slot = self._submit(sealers.seal_files, [(b[0], b[2].st_size) for b in batch])
 
-    def _small_jobs(self, paths: list) -> list:
-        """Worker thread: read, name and seal files of at most one blob each. All are
-        opened and announced to the kernel first, so their reads go to the disk
-        together. Per file: (data length, seal result or None), or the OSError met."""
-        opened = []
-        for path, _ in paths:
+        def done(results):
             try:
-                fd = open_for_reading(path)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-                opened.append(fd)
-            except OSError as exc:
-                opened.append(exc)
-        results = []
-        for fd, (_, size) in zip(opened, paths):
-            if isinstance(fd, OSError):
-                results.append(fd)
-                continue
-            try:
-                # the size seen by the walk and one byte more (a buffer of max_blob
-                # bytes per file would cost a fresh mapping of memory each)
-                want = min(size, self.max_blob) + 1
-                data = os.pread(fd, want, 0)
-                if len(data) == want and want <= self.max_blob:   # it grew since: read on up to the limit
-                    data += os.pread(fd, self.max_blob + 1 - want, want)
-            except OSError as exc:
-                results.append(exc)
-                continue
+                for r, b in zip(results, batch):
+                    if isinstance(r, tuple) and r[1] is not None:
+                        r = (r[0], self._from_slot(slot, r[1]))
+                    self._small_done(r, *b)
             finally:
-                os.close(fd)
-            if len(data) > self.max_blob:
-                results.append(OSError(errno.EFBIG, "it grew while being read; its last version is kept"))
-            else:
-                results.append((len(data), self._seal_job(data, BLOB_DATA) if data else None))
-        return results
+                self.sealers.release(slot)
+        self._push(fut, done)
 
     def _small_done(self, result, abspath: bytes, rel: bytes, st, rec: dict, old) -> None:
         if isinstance(result, OSError):
@@ -439,18 +433,28 @@ class Backup:
             self.progress.bytes(got)
         return buf, got
 
-    def _store_whole(self, fd: int, st):
+    def _store_whole(self, fd: int, abspath: bytes, st):
         """Store a file as grid-aligned blobs; chunks wholly in a hole are not read.
-        Ids, content id and signature come from the workers; returns the resolver."""
+        The workers read runs of chunks (each its own, in parallel) and name, sign
+        and seal their blobs; returns the resolver of the content."""
         size = st.st_size
         block_size = delta.block_size_for(size) if size >= DELTA_MIN_SIZE else None
         holes = HoleMap(fd, st)
-        reader = directio.Reader(fd, size)
-        pieces = []
-        try:
-            self._read_whole(reader, size, holes, block_size, pieces)
-        finally:
-            reader.close()
+        pieces = []   # per run of grid chunks: (job, length asked for), or (None, length) for a hole
+        pos = 0
+        while pos < size:
+            length = min(self.max_blob, size - pos)
+            if holes.covers(pos, length):
+                pieces.append((None, length))
+                pos += length
+                continue
+            run = length   # several grid chunks at once when no hole interrupts them
+            while run < READ_CHUNK and pos + run < size and not holes.covers(pos + run, min(self.max_blob, size - pos - run)):
+                run += min(self.max_blob, size - pos - run)
+            fut, slot = self._submit(sealers.seal_chunks, abspath, st.st_dev, st.st_ino, pos, run, block_size)
+            self._push(fut, functools.partial(self._chunks_done, slot))
+            pieces.append((fut, run))
+            pos += run
 
         def resolve() -> dict:
             hasher = ContentHasher(self.key, self.max_blob)
@@ -461,40 +465,33 @@ class Backup:
                     merge_extent(extents, None, 0, length)
                     if block_size:
                         records.append(zero_records(block_size, length))
-                else:
-                    blob_id, _, _, _, recs = job[0].result()[job[1]]
-                    hasher.add_chunk(blob_id, length)
-                    extents.append([blob_id, 0, length])
+                    continue
+                got, sealed, error = job.result()
+                if error is not None:
+                    raise error
+                for blob_id, _, _, raw_len, recs in sealed:
+                    hasher.add_chunk(blob_id, raw_len)
+                    extents.append([blob_id, 0, raw_len])
                     if block_size:
                         records.append(recs)
+                if got < length:
+                    break   # the file shrank while it was read: it is stored as far as it was read
             sig = delta.Signature(block_size, hasher.size, b"".join(records)).to_bytes() if block_size else None
             return {"t": "content", "id": hasher.digest(), "size": hasher.size, "ext": extents,
                     "sig": self._store_signature(sig, None), "bs": block_size}
         return resolve
 
-    def _read_whole(self, reader: directio.Reader, size: int, holes, block_size, pieces: list) -> None:
-        """Read a file in runs of grid chunks and queue each run's blobs; `pieces`
-        gets (job, index) or None (a hole) per chunk, with its length."""
-        pos = 0
-        while pos < size:
-            length = min(self.max_blob, size - pos)
-            if holes.covers(pos, length):
-                pieces.append((None, length))
-                pos += length
-                continue
-            run = length   # read several grid chunks at once when no hole interrupts them
-            while run < READ_CHUNK and pos + run < size and not holes.covers(pos + run, min(self.max_blob, size - pos - run)):
-                run += min(self.max_blob, size - pos - run)
-            buf, got = self._read_chunk(reader, pos, run)
-            view = memoryview(buf)[:got]   # blobs are slices of the read, not copies
-            blobs = [view[i:i + self.max_blob] for i in range(0, got, self.max_blob)]
-            fut = self.pool.submit(lambda b=blobs: [self._seal_job(x, BLOB_DATA, block_size) for x in b])
-            self._push(fut, lambda results, buf=buf: [self._buffers.append(buf)]
-                       + [self._blob_done(r) for r in results])
-            pieces.extend(((fut, i), len(b)) for i, b in enumerate(blobs))
-            pos += got
-            if got < run:
-                break   # the file shrank while we read it
+    def _chunks_done(self, slot: int, result) -> None:
+        """Main thread, in order: a run of chunks read and sealed by a worker."""
+        try:
+            got, sealed, _ = result
+            self.report["bytes_read"] += got
+            if self.progress:
+                self.progress.bytes(got)
+            for blob in sealed:
+                self._blob_done(self._from_slot(slot, blob))
+        finally:
+            self.sealers.release(slot)
 
     def _store_signature(self, sig: bytes | None, old: tuple | None) -> list:
         """Extents of the new signature's bytes. Against the old signature (bytes,
@@ -632,14 +629,6 @@ class Backup:
 
 
 SIG_GROUP = 16 * 20   # signature records compared and stored in groups of 16 blocks
-
-
-def open_for_reading(path: bytes) -> int:
-    """O_NOATIME where the file is ours (so backups leave atimes alone), plain otherwise."""
-    try:
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0))
-    except PermissionError:
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
 
 
 @functools.lru_cache(maxsize=16)

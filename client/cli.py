@@ -303,11 +303,9 @@ def backup(name, as_json, password_stdin, reason):
     progress = maybe_progress(not as_json, "backup", roots=bset.sources)
     cache_dir = os.path.join(config.home(), "cache")
     try:
-        if progress:
-            with progress:
-                report = Backup(volume, bset, cache_dir, progress=progress).run()
-        else:
-            report = Backup(volume, bset, cache_dir).run()
+        backup_run = Backup(volume, bset, cache_dir, progress=progress)   # before the progress display's threads
+        with progress or contextlib.nullcontext():
+            report = backup_run.run()
     finally:
         volume.close()
     if as_json:

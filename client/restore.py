@@ -5,19 +5,18 @@ O_NOFOLLOW, and names are checked on the way out of the catalog, so nothing is
 ever written outside the target, even through a symlink restored earlier in the
 same run. A file whose data cannot be had whole is removed and reported; the
 rest of the restore goes on and the run ends non-zero."""
-import ctypes
 import errno
 import functools
 import logging
 import multiprocessing
 import os
-import signal
 import stat
 from collections import OrderedDict, deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from client.fsmeta import apply_metadata
+from client.worker_process import become_worker, safe_to_fork
 from ironfs.errors import CorruptData, IroncoreError, NotFound
 from ironfs.format import directio
 from ironfs.format.catalog import ROOT, split_path
@@ -33,7 +32,6 @@ SEGMENT = 64 << 20      # bytes of a large file written by one job (a multiple o
 PARTS_AHEAD = 16 << 30  # bytes of large files the walk may leave waiting for a worker
 JOBS_IN_FLIGHT = 12     # small-file jobs queued at once (each holds up to SMALL_FILE of data)
 OPEN_DIRS = 256         # folders kept open for their files' jobs
-PR_SET_PDEATHSIG = 1    # prctl(2)
 
 
 class BlobCache:
@@ -209,12 +207,9 @@ _writer: FileWriter | None = None   # a worker process's own
 
 def _start_worker(parent: int, root: str, catalog_path: str, raw_key: bytes, target: str) -> None:
     """A worker process (forked) opens the volume again, with catalog
-    connections and pack descriptors of its own, and the key it inherited.
-    It ends with the restoring process, however that ends (even by SIGKILL)."""
+    connections and pack descriptors of its own, and the key it inherited."""
     global _writer
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the restoring process handles Ctrl-C and stops us
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:   # it ended before we asked
+    if not become_worker(parent):
         os._exit(1)
     volume = Volume(root, catalog_path=catalog_path)
     volume.use_key(MasterKey(raw_key))
@@ -252,13 +247,14 @@ class Restore:
         self._start_jobs()
 
     def _start_jobs(self) -> None:
-        """Worker processes for a local volume, threads otherwise (see FileWriter).
-        The workers are forked here, before the caller starts a progress display
-        (or any thread), and after this process lets go of its catalog
-        connection: no SQLite connection or lock crosses a fork."""
+        """Worker processes for a local volume when this process can fork safely
+        (client.worker_process), threads otherwise (see FileWriter). The workers
+        are forked here, before the caller starts a progress display, and after
+        this process lets go of its catalog connection: no SQLite connection
+        crosses a fork."""
         shape = self.volume.read_shape
         os.makedirs(self.target, exist_ok=True)
-        if shape.local:
+        if shape.local and safe_to_fork():
             self.volume.close()   # it reopens what it needs on first use
             self._workers = os.cpu_count() or 2
             self._executor = ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("fork"),

@@ -3,8 +3,8 @@ byte-identical, `ironfs verify` passes, and the next backup adopts the packs the
 dead run had already published instead of storing their data again.
 
 The crash points are the named ones of ironfs/format/faults.py (the process
-SIGKILLs itself there), plus one kill from outside at a random moment. A restore
-killed from outside leaves none of its worker processes behind."""
+SIGKILLs itself there), plus one kill from outside at a random moment. A backup
+or restore killed from outside leaves none of its worker processes behind."""
 import json
 import os
 import random
@@ -276,21 +276,27 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_restore_killed_leaves_no_worker_behind(env, tmp_path):
+@pytest.mark.parametrize("command", ["backup", "restore"])
+def test_killed_run_leaves_no_worker_behind(env, tmp_path, command):
+    """Backups and restores of a local volume work in forked worker processes;
+    SIGKILL of the run ends them too."""
     src = tmp_path / "src"
     src.mkdir()
     (src / "big.bin").write_bytes(os.urandom(80 * MiB))
     write_small_files(src / "small", 300, random.Random(5))
     env.add_set("s", src)
-    env.backup_json()
-    with open(tmp_path / "restore.err", "wb") as err:
-        proc = subprocess.Popen([str(BIN / "ironcore"), "restore", "s", "--to", str(tmp_path / "out"), "--json"],
-                                env=env.env, stdout=subprocess.DEVNULL, stderr=err)
+    if command == "restore":
+        env.backup_json()
+        args = ["restore", "s", "--to", str(tmp_path / "out"), "--json"]
+    else:
+        args = ["backup", "s", "--json"]
+    with open(tmp_path / "run.err", "wb") as err:
+        proc = subprocess.Popen([str(BIN / "ironcore"), *args], env=env.env, stdout=subprocess.DEVNULL, stderr=err)
         try:
             deadline = time.monotonic() + 60
             workers = []
             while len(workers) < 2:
-                assert time.monotonic() < deadline and proc.poll() is None, "the restore started no workers"
+                assert time.monotonic() < deadline and proc.poll() is None, f"the {command} started no workers"
                 try:
                     with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
                         workers = [int(p) for p in f.read().split()]
@@ -305,5 +311,5 @@ def test_restore_killed_leaves_no_worker_behind(env, tmp_path):
                 proc.wait(timeout=60)
     deadline = time.monotonic() + 10
     while any(alive(w) for w in workers):
-        assert time.monotonic() < deadline, f"workers {[w for w in workers if alive(w)]} outlived the restore"
+        assert time.monotonic() < deadline, f"workers {[w for w in workers if alive(w)]} outlived the {command}"
         time.sleep(0.01)

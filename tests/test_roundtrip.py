@@ -188,3 +188,62 @@ def test_parts_of_a_large_file_cover_its_extents_in_order(pieces, size):
         assert len(got) == size or start + len(got) == len(whole)
         pos += len(got)
     assert pos == len(whole)
+
+
+def test_with_another_thread_running_the_work_stays_in_threads(tmp_path):
+    """A process that runs other threads is not forked (a fork copies the locks
+    they hold): backup and restore then do the same work in threads."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "big").write_bytes(os.urandom(6 << 20))
+    for i in range(30):
+        (src / "d" / f"f{i}").write_bytes(os.urandom(100 * i))
+    volume = Volume.create(str(tmp_path / "vol"), {"private": b"pw"}, kdf_params=FAST_KDF)
+    bset = BackupSet(name="t", sources=[str(src)], destination=f"file://{tmp_path}/vol")
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        backup = Backup(volume, bset, str(tmp_path / "cache"))
+        assert isinstance(backup.sealers.executor, ThreadPoolExecutor)
+        seq = backup.run()["snapshot"]
+        restore = Restore(volume, seq, str(tmp_path / "out"))
+        assert isinstance(restore._executor, ThreadPoolExecutor)
+        report = restore.run()
+    finally:
+        stop.set()
+        other.join()
+    assert report["errors"] == [] and report["files"] == 31
+    assert describe_tree(src) == describe_tree(tmp_path / "out" / str(src).lstrip("/"))
+    volume.close()
+
+
+def test_every_kind_round_trips_through_worker_processes(env, tmp_path):
+    """The command line forks its workers (the test process itself runs threads
+    under xdist, so the tests above may run them as threads): every kind of entry,
+    a large sparse file written in parts included, comes back the same."""
+    def f(content, mode=0o644, owner=(0, 0), xattrs=None, acl=False):
+        return {"kind": "f", "content": content, "mode": mode, "owner": owner, "mtime": 1_600_000_000 * 10**9,
+                "xattrs": xattrs or {}, "acl": acl}
+    small = {b"f%02d" % i: f(("random", i, 50 * i + 1)) for i in range(40)}
+    tree = {"kind": "d", "mode": 0o750, "owner": (4321, 4321), "mtime": 10**18, "xattrs": {"user.a": b"dir"},
+            "children": {
+                b"caf\xe9-latin1": f(("random", 1, 1000), 0o640, (65534, 65534), {"user.comment": b"x"}, True),
+                b"sparse.img": f(("sparse", 7, 6 << 20)),
+                b"whole.bin": f(("random", 3, 5 << 20), 0o600),
+                b"empty": f(("empty",), 0o444),
+                b"link": {"kind": "l", "target": b"caf\xe9-latin1", "owner": (0, 0), "mtime": 10**18},
+                b"fifo": {"kind": "p", "mode": 0o600, "owner": (0, 0), "mtime": 10**18},
+                b"sub": {"kind": "d", "mode": 0o755, "owner": (0, 0), "mtime": 10**18, "children": small}}}
+    src = tmp_path / "src"
+    build(os.fsencode(src), tree)
+    env.add_set("s", src)
+    assert env.backup_json()["errors"] == []
+    env.ironcore("restore", "s", "--to", tmp_path / "out")
+    restored = env.restored(tmp_path / "out", src)
+    assert describe_tree(restored) == describe_tree(src)
+    st_ = os.stat(restored / "sparse.img")
+    assert st_.st_blocks * 512 < st_.st_size // 2, "the sparse file was not restored sparse"

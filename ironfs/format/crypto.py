@@ -22,6 +22,7 @@ MASTER_KEY_LEN = 64
 BLOB_ID_LEN = 16
 NONCE_LEN = 12
 TAG_LEN = 16
+SEAL_OVERHEAD = NONCE_LEN + 1 + TAG_LEN   # a sealed blob is at most this much longer than its plaintext
 SLOT_AD = b"ironcore keyslot v1\x00"
 
 # Codec byte that leads every sealed blob's plaintext.
@@ -152,6 +153,15 @@ class BlobSealer:
     def seal(self, blob_id: bytes, plaintext) -> bytearray:
         """nonce || AES-GCM(codec || payload); `plaintext` may be any buffer (a
         memoryview slice of a larger read is not copied first)."""
+        sealed = bytearray(SEAL_OVERHEAD + len(plaintext))
+        with memoryview(sealed) as out:
+            n = self.seal_into(blob_id, plaintext, out)
+        del sealed[n:]   # in place: shorter when compressed
+        return sealed
+
+    def seal_into(self, blob_id: bytes, plaintext, out: memoryview) -> int:
+        """Seal into `out` (at least SEAL_OVERHEAD bytes more than the plaintext);
+        returns the sealed length."""
         loc = self._zstd()
         compressed = loc.c.compress(plaintext)
         codec, payload = (CODEC_ZSTD, compressed) if len(compressed) < len(plaintext) else (CODEC_RAW, plaintext)
@@ -163,10 +173,9 @@ class BlobSealer:
         body[0] = codec
         body[1:] = payload
         nonce = self._nonce()
-        sealed = bytearray(NONCE_LEN + n + TAG_LEN)
-        sealed[:NONCE_LEN] = nonce
-        self._aead.encrypt_into(nonce, body, blob_id, memoryview(sealed)[NONCE_LEN:])
-        return sealed
+        out[:NONCE_LEN] = nonce
+        self._aead.encrypt_into(nonce, body, blob_id, out[NONCE_LEN:NONCE_LEN + n + TAG_LEN])
+        return NONCE_LEN + n + TAG_LEN
 
     def open(self, blob_id: bytes, sealed, raw_length: int | None = None) -> bytes:
         """Decrypt and decompress; raise CorruptData unless the result hashes to blob_id."""
