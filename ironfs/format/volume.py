@@ -38,7 +38,9 @@ MAX_BLOB = 128 * 1024           # the seed's transfer block (FAQ 2.13)
 PACK_TARGET = 16 * 1024 * 1024  # big enough for few files, small enough to lose little on a crash
 SPAN_GAP = 256 * 1024           # read_blobs reads across gaps this small rather than seek
 SPAN_MAX = 4 * 1024 * 1024      # and at most this much at once
-DIRECT_SPAN = 256 * 1024        # spans this long are read past the page cache
+DIRECT_SPAN = 256 * 1024        # spans this long are read past the page cache,
+SPAN_BUFFER = SPAN_MAX + 2 * 4096   # into aligned buffers of this size (a span and its alignment)
+SPAN_BUFFERS = 4                # kept for reuse
 PACK_FDS = 64                   # pack files kept open for reading
 PUBLISH_AHEAD = 2               # full packs being published while the next fills
 
@@ -98,6 +100,7 @@ class Volume:
         self._fds_retired: set[int] = set()                  # out of _fds, closed by their last reader
         self._fd_lock = threading.Lock()
         self._direct_ok = True
+        self._span_buffers: list = []   # free aligned buffers for direct reads of spans
 
     # --- creation and keys -------------------------------------------------------
     @classmethod
@@ -336,20 +339,16 @@ class Volume:
                     span.append(item)
         return out
 
-    def _read_span(self, pack: str, start: int, length: int):
-        """A span of a pack: a large one read past the page cache into this thread's
-        aligned buffer (valid until its next call), a small one with pread."""
-        if length < DIRECT_SPAN or not self._direct_ok or not self.read_shape.local:
-            return memoryview(self.read_sealed(pack, start, length))
+    def _read_span(self, pack: str, start: int, length: int, buf) -> memoryview:
+        """A span of a pack: a large one read past the page cache into `buf` (an
+        aligned buffer of SPAN_BUFFER bytes), a small one with pread."""
         first = start - start % directio.ALIGN
         want = directio.align_up(start + length) - first
-        buf = getattr(self._local, "span_buf", None)
-        if buf is None or len(buf) < want:
-            buf = self._local.span_buf = directio.buffer(max(want, SPAN_MAX + 2 * directio.ALIGN))
-        view = memoryview(buf)[:want]
+        if length < DIRECT_SPAN or want > len(buf) or not self._direct_ok or not self.read_shape.local:
+            return memoryview(self.read_sealed(pack, start, length))
         try:
             with self._pack_fd(pack, direct=True) as fd:
-                got = directio.fill(fd, first, view, direct=True)
+                got = directio.fill(fd, first, memoryview(buf)[:want], direct=True)
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
@@ -357,21 +356,29 @@ class Volume:
             return memoryview(self.read_sealed(pack, start, length))
         if got < start - first + length:
             raise CorruptData(f"Pack {pack} is shorter than its index says.")
-        return view[start - first:start - first + length]
+        return memoryview(buf)[start - first:start - first + length]
 
     def _open_span(self, pack: str, span: list, out: dict, sealer: crypto.BlobSealer) -> None:
         start = span[0][0]
         try:
-            data = self._read_span(pack, start, span[-1][0] + span[-1][1] - start)
-        except IroncoreError as exc:
-            for item in span:
-                out[item[3]] = exc
-            return
-        for offset, length, raw_length, blob_id in span:
+            buf = self._span_buffers.pop()
+        except IndexError:
+            buf = directio.buffer(SPAN_BUFFER)
+        try:
             try:
-                out[blob_id] = sealer.open(blob_id, data[offset - start:offset - start + length], raw_length)
-            except CorruptData as exc:
-                out[blob_id] = CorruptData(f"{exc.message} (pack {pack})")
+                data = self._read_span(pack, start, span[-1][0] + span[-1][1] - start, buf)
+            except IroncoreError as exc:
+                for item in span:
+                    out[item[3]] = exc
+                return
+            for offset, length, raw_length, blob_id in span:
+                try:
+                    out[blob_id] = sealer.open(blob_id, data[offset - start:offset - start + length], raw_length)
+                except CorruptData as exc:
+                    out[blob_id] = CorruptData(f"{exc.message} (pack {pack})")
+        finally:
+            if len(self._span_buffers) < SPAN_BUFFERS:   # a few are kept, however many threads read
+                self._span_buffers.append(buf)
 
     def close(self) -> None:
         with self._fd_lock:
