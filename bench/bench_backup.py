@@ -264,6 +264,33 @@ def drop_caches() -> bool:
         return False
 
 
+def disk_activity() -> tuple[int, int]:
+    """(sectors written, I/Os in flight) over the machine's disks (/proc/diskstats)."""
+    written = inflight = 0
+    with open("/proc/diskstats") as f:
+        for line in f:
+            fields = line.split()
+            if fields[2].startswith(("loop", "ram", "zram")):
+                continue
+            written += int(fields[9])
+            inflight += int(fields[11])
+    return written, inflight
+
+
+def wait_disk_quiet(limit_s: float = 60.0) -> float:
+    """Wait until the disks have written nothing for a second (after a sync the
+    device may still be busy with what it was handed); returns the seconds waited."""
+    start = time.monotonic()
+    written, _ = disk_activity()
+    while time.monotonic() - start < limit_s:
+        time.sleep(1.0)
+        now, inflight = disk_activity()
+        if now == written and inflight == 0:
+            break
+        written = now
+    return round(time.monotonic() - start, 1)
+
+
 def du_bytes(path: str) -> int:
     """Apparent size of a folder, like `du -sb` (files only, no directory blocks)."""
     total = 0
@@ -518,6 +545,7 @@ def bench(args) -> dict:
             for t in tools:
                 dropped = drop_caches()
                 result["drop_caches"].append(dropped)
+                result.setdefault("disk_quiet_s", []).append(wait_disk_quiet())
                 before = du_bytes(t.repo)
                 log(f"{name}: {t.name} ...")
                 r = fn(t)
@@ -688,7 +716,9 @@ def markdown(res: dict) -> str:
         f" {d['new_files']} new small files ({d['new_bytes'] / MB:.1f} MB)."
         f" The db-only step rewrites another {res['changes_db_only']['db_changed_bytes'] / MB:.1f} MB of pages"
         f" and nothing else.",
-        f"- Page caches dropped: {drop_text}. Repository growth is the apparent size of the repository folder"
+        f"- Page caches dropped: {drop_text}; then the disks were let go quiet (nothing written for a second)"
+        f" before each timed step, waits of {', '.join(str(w) for w in res.get('disk_quiet_s', []))} s."
+        f" Repository growth is the apparent size of the repository folder"
         f" (as `du -sb`) after minus before; Ironcore's includes its `catalog.db`. MB = 10^6 bytes; MB/s is"
         f" tree bytes / wall time.",
         f"- Load average (1, 5, 15 min) before the run: {fmt_load(res.get('loadavg_before'))};"
