@@ -167,3 +167,34 @@ def test_readers_on_many_threads_never_read_a_pack_through_a_closed_descriptor(v
     with ThreadPoolExecutor(8) as pool:
         for fut in [pool.submit(reader, s) for s in range(8)]:
             fut.result()
+
+
+def test_long_spans_read_past_the_page_cache_or_plainly_where_refused(volume, monkeypatch):
+    """Spans of many blobs are read with O_DIRECT; on a file system that refuses
+    it (EINVAL, as some FUSE and network file systems do; every one here
+    accepts it, so the refusal is simulated) the same blobs come back through
+    plain reads, and the volume stops asking."""
+    blobs = {os.urandom(16): os.urandom(100_000 + i) for i in range(24)}   # about 2.4 MB in one pack
+    snapshot(volume, {b"f%d" % i: data for i, data in enumerate(blobs.values())})
+    ids = [volume.key.blob_id(data) for data in blobs.values()]
+    expected = dict(zip(ids, blobs.values()))
+    direct_opens, refuse = [], []
+    real_open = os.open
+
+    def watched_open(path, flags, *args, **kw):
+        if flags & os.O_DIRECT:
+            direct_opens.append(path)
+            if refuse:
+                raise OSError(22, "Invalid argument")
+        return real_open(path, flags, *args, **kw)
+    monkeypatch.setattr(os, "open", watched_open)
+
+    assert {k: bytes(v) for k, v in volume.read_blobs(ids).items()} == expected
+    assert direct_opens and volume._direct_ok
+    volume.close()   # the pack's descriptors go: the next read opens the pack again
+    refuse.append(True)
+    assert {k: bytes(v) for k, v in volume.read_blobs(ids).items()} == expected
+    assert not volume._direct_ok
+    tried = len(direct_opens)
+    assert {k: bytes(v) for k, v in volume.read_blobs(ids).items()} == expected
+    assert len(direct_opens) == tried, "asked again after a refusal"
