@@ -117,28 +117,31 @@ class Backup:
         self.volume_root = os.fsencode(volume.root)
 
     # --- pipeline ------------------------------------------------------------------
-    def _submit(self, job, *args):
-        """Start a worker's job, first waiting for a free slot; returns (future, slot)."""
+    def _submit(self, job, args: tuple, done):
+        """Start a worker's job, first waiting for a free slot. `done(slot, result)`
+        runs in submission order (the queue), and the slot is freed after it.
+        Returns the job's future."""
         while not self.sealers.free:
             self._pop()
-        return self.sealers.submit(job, *args)
+        fut, slot = self.sealers.submit(job, *args)
 
-    def _from_slot(self, slot: int, sealed: tuple, blob_type: int = BLOB_DATA) -> list:
-        """A worker's sealed blob, copied out of its slot, as _blob_done takes it."""
+        def finish(result):
+            try:
+                done(slot, result)
+            finally:
+                self.sealers.release(slot)
+        self._push(fut, finish)
+        return fut
+
+    def _from_slot(self, slot: int, sealed: tuple) -> list:
+        """A worker's sealed data blob, copied out of its slot, as _blob_done takes it."""
         blob_id, at, n, raw_len, records = sealed
-        return [blob_id, self.sealers.sealed(slot, at, n), raw_len, blob_type, records]
+        return [blob_id, self.sealers.sealed(slot, at, n), raw_len, BLOB_DATA, records]
 
     def _store_blob(self, data):
         """Queue a data blob; returns its future (resolved, in order, by the queue)."""
-        fut, slot = self._submit(sealers.seal_data, bytes(data), None)
-
-        def done(result):
-            try:
-                self._blob_done(self._from_slot(slot, result))
-            finally:
-                self.sealers.release(slot)
-        self._push(fut, done)
-        return fut
+        return self._submit(sealers.seal_data, (bytes(data),),
+                            lambda slot, result: self._blob_done(self._from_slot(slot, result)))
 
     def _store_now(self, data, blob_type) -> bytes:
         """Seal and add a blob on this thread; returns its id."""
@@ -152,7 +155,7 @@ class Backup:
         result, which the file's extent list still holds."""
         blob_id, sealed, raw_len, blob_type, _ = result
         result[1] = None
-        if sealed is None or (blob_id in self.writer.filter and self.volume.catalog().has_blob(blob_id)):
+        if blob_id in self.writer.filter and self.volume.catalog().has_blob(blob_id):
             return
         if self.writer.add_blob(blob_id, blob_type, sealed, raw_len):
             self.report["bytes_stored"] += len(sealed)
@@ -391,17 +394,13 @@ class Backup:
         if not self._small:
             return
         batch, self._small = self._small, []
-        fut, slot = self._submit(sealers.seal_files, [(b[0], b[2].st_size) for b in batch])
 
-        def done(results):
-            try:
-                for r, b in zip(results, batch):
-                    if isinstance(r, tuple) and r[1] is not None:
-                        r = (r[0], self._from_slot(slot, r[1]))
-                    self._small_done(r, *b)
-            finally:
-                self.sealers.release(slot)
-        self._push(fut, done)
+        def done(slot, results):
+            for r, b in zip(results, batch):
+                if isinstance(r, tuple) and r[1] is not None:
+                    r = (r[0], self._from_slot(slot, r[1]))
+                self._small_done(r, *b)
+        self._submit(sealers.seal_files, ([(b[0], b[2].st_size) for b in batch],), done)
 
     def _small_done(self, result, abspath: bytes, rel: bytes, st, rec: dict, old) -> None:
         if isinstance(result, OSError):
@@ -451,8 +450,8 @@ class Backup:
             run = length   # several grid chunks at once when no hole interrupts them
             while run < READ_CHUNK and pos + run < size and not holes.covers(pos + run, min(self.max_blob, size - pos - run)):
                 run += min(self.max_blob, size - pos - run)
-            fut, slot = self._submit(sealers.seal_chunks, abspath, st.st_dev, st.st_ino, pos, run, block_size)
-            self._push(fut, functools.partial(self._chunks_done, slot))
+            fut = self._submit(sealers.seal_chunks, (abspath, st.st_dev, st.st_ino, pos, run, block_size),
+                               self._chunks_done)
             pieces.append((fut, run))
             pos += run
 
@@ -483,15 +482,12 @@ class Backup:
 
     def _chunks_done(self, slot: int, result) -> None:
         """Main thread, in order: a run of chunks read and sealed by a worker."""
-        try:
-            got, sealed, _ = result
-            self.report["bytes_read"] += got
-            if self.progress:
-                self.progress.bytes(got)
-            for blob in sealed:
-                self._blob_done(self._from_slot(slot, blob))
-        finally:
-            self.sealers.release(slot)
+        got, sealed, _ = result
+        self.report["bytes_read"] += got
+        if self.progress:
+            self.progress.bytes(got)
+        for blob in sealed:
+            self._blob_done(self._from_slot(slot, blob))
 
     def _store_signature(self, sig: bytes | None, old: tuple | None) -> list:
         """Extents of the new signature's bytes. Against the old signature (bytes,

@@ -8,15 +8,14 @@ rest of the restore goes on and the run ends non-zero."""
 import errno
 import functools
 import logging
-import multiprocessing
 import os
 import stat
 from collections import OrderedDict, deque
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from client.fsmeta import apply_metadata
-from client.worker_process import become_worker, safe_to_fork
+from client.worker_process import Workers
 from ironfs.errors import CorruptData, IroncoreError, NotFound
 from ironfs.format import directio
 from ironfs.format.catalog import ROOT, split_path
@@ -202,22 +201,12 @@ class FileWriter:
             yield data
 
 
-_writer: FileWriter | None = None   # a worker process's own
-
-
-def _start_worker(parent: int, root: str, catalog_path: str, raw_key: bytes, target: str) -> None:
-    """A worker process (forked) opens the volume again, with catalog
+def _open_writer(root: str, catalog_path: str, raw_key: bytes, target: str) -> FileWriter:
+    """A worker process's FileWriter: the volume opened again, with catalog
     connections and pack descriptors of its own, and the key it inherited."""
-    global _writer
-    if not become_worker(parent):
-        os._exit(1)
     volume = Volume(root, catalog_path=catalog_path)
     volume.use_key(MasterKey(raw_key))
-    _writer = FileWriter(volume, target)
-
-
-def _run_in_worker(job: str, *args) -> list:
-    return getattr(_writer, job)(*args)
+    return FileWriter(volume, target)
 
 
 class Restore:
@@ -243,31 +232,23 @@ class Restore:
         self._parts_running: set = set()
         self._parts_bytes = 0              # bytes of the parts not started yet
         self._walking = True
-        self._executor = self._writer = None
-        self._start_jobs()
+        self._workers = self._start_workers()
 
-    def _start_jobs(self) -> None:
-        """Worker processes for a local volume when this process can fork safely
-        (client.worker_process), threads otherwise (see FileWriter). The workers
-        are forked here, before the caller starts a progress display, and after
-        this process lets go of its catalog connection: no SQLite connection
-        crosses a fork."""
+    def _start_workers(self) -> Workers:
+        """Worker processes for a local volume, threads otherwise (see FileWriter).
+        The workers are forked here, before the caller starts a progress display,
+        and after this process lets go of its catalog connection: no SQLite
+        connection crosses a fork."""
         shape = self.volume.read_shape
         os.makedirs(self.target, exist_ok=True)
-        if shape.local and safe_to_fork():
+        if shape.local:
             self.volume.close()   # it reopens what it needs on first use
-            self._workers = os.cpu_count() or 2
-            self._executor = ProcessPoolExecutor(self._workers, mp_context=multiprocessing.get_context("fork"),
-                                                 initializer=_start_worker,
-                                                 initargs=(os.getpid(), self.volume.root, self.volume.catalog_path,
-                                                           self.volume.key.raw, self.target))
-            self._executor.submit(os.getpid).result()   # forks every worker now
-            self._run_job = functools.partial(self._executor.submit, _run_in_worker)
-            return
-        self._writer = FileWriter(self.volume, self.target, self.threads)
-        self._workers = self.threads or shape.small_workers
-        self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="restore-files")
-        self._run_job = lambda job, *args: self._executor.submit(getattr(self._writer, job), *args)
+        return Workers(os.cpu_count() or 2,
+                       functools.partial(_open_writer, self.volume.root, self.volume.catalog_path,
+                                         self.volume.key.raw, self.target),
+                       thread_count=self.threads or shape.small_workers,
+                       thread_state=lambda: FileWriter(self.volume, self.target, self.threads),
+                       fork=shape.local, name="restore-files")
 
     def run(self, path: str | None = None) -> dict:
         catalog = self.volume.refresh()
@@ -295,10 +276,7 @@ class Restore:
             while self._open_dirs:
                 self._finish_oldest()
         finally:
-            if self._executor is not None:
-                self._executor.shutdown(wait=True, cancel_futures=True)
-            if self._writer is not None:
-                self._writer.close()
+            self._workers.shutdown()
             for _, folder in self._open_dirs:   # only after an unexpected error: let go of the folders
                 if folder is not None:
                     os.close(folder[1])
@@ -330,7 +308,7 @@ class Restore:
             raise
 
     # --- jobs and the folders waiting for them ----------------------------------------
-    def _submit(self, jobs: list, job: str, *args) -> None:
+    def _submit(self, jobs: list, job, *args) -> None:
         """Start a small-file job for the folder whose `jobs` it joins; first wait,
         if too much is in flight, for any one job to end (not the oldest: that
         may be a large file the walk should go on past)."""
@@ -340,8 +318,8 @@ class Restore:
         self._running.add(fut)
         jobs.append(fut)
 
-    def _start(self, job: str, *args):
-        fut = self._run_job(job, *args)
+    def _start(self, job, *args):
+        fut = self._workers.submit(job, *args)
         if self.progress:   # counted as each job ends, not when its folder is finished
             fut.add_done_callback(self._show_progress)
         return fut
@@ -357,11 +335,11 @@ class Restore:
         the other workers write small files meanwhile (a large file waits mostly
         on the disk, small files on the CPU), as many as there are workers after."""
         self._parts_running = {f for f in self._parts_running if not f.done()}
-        limit = 1 if self._walking else self._workers
+        limit = 1 if self._walking else self._workers.count
         while self._parts and len(self._parts_running) < limit:
             large, args = self._parts.popleft()
             self._parts_bytes -= args[-1]
-            fut = self._start("segment", *args[:-1])
+            fut = self._start(FileWriter.segment, *args[:-1])
             large.parts.append(fut)
             self._parts_running.add(fut)
 
@@ -413,12 +391,12 @@ class Restore:
                 batch.append((entry, rel))
                 batch_bytes += entry.size
                 if len(batch) >= self.volume.read_shape.files or batch_bytes >= SMALL_FILE:
-                    self._submit(jobs, "small_files", prefix, batch, fresh)
+                    self._submit(jobs, FileWriter.small_files, prefix, batch, fresh)
                     batch, batch_bytes = [], 0
             else:
                 self._restore_entry(dir_fd, entry, rel, fresh, jobs)
         if batch:
-            self._submit(jobs, "small_files", prefix, batch, fresh)
+            self._submit(jobs, FileWriter.small_files, prefix, batch, fresh)
         return jobs
 
     def _large_file(self, parent_fd: int, entry, rel: bytes, fresh: bool, jobs: list) -> None:

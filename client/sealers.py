@@ -7,18 +7,15 @@ hands one interpreter's GIL back and forth: the whole pipeline used 1.3 of 2
 cores. Worker processes have an interpreter each. They read the files
 themselves and seal blobs into slots of memory shared with the backup, so only
 small messages cross the pipes; the backup copies each sealed blob once, out
-of its slot for its pack. A process is forked only while the backup's process has no other
+of its slot for its pack. Processes are forked only while the backup's process has no other
 thread (client.worker_process); otherwise the same jobs run in threads."""
 import errno
-import functools
 import mmap
-import multiprocessing
 import os
 import threading
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-from client.worker_process import become_worker, safe_to_fork
+from client.worker_process import Workers
 from ironfs.format import delta, directio
 from ironfs.format.crypto import SEAL_OVERHEAD
 
@@ -39,20 +36,6 @@ class Context:
         base = slot * self.slot_size
         n = self.sealer.seal_into(blob_id, data, memoryview(self.memory)[base + at:base + self.slot_size])
         return blob_id, at, n, len(data), records
-
-
-_context: Context | None = None   # a worker process's own
-
-
-def _start(parent: int, context: Context) -> None:
-    global _context
-    if not become_worker(parent):
-        os._exit(1)
-    _context = context
-
-
-def _in_process(job, *args):
-    return job(_context, *args)
 
 
 def open_for_reading(path: bytes) -> int:
@@ -136,9 +119,9 @@ def seal_chunks(ctx: Context, slot: int, path: bytes, dev: int, ino: int, pos: i
     return got, sealed, None
 
 
-def seal_data(ctx: Context, slot: int, data: bytes, block_size) -> tuple:
+def seal_data(ctx: Context, slot: int, data: bytes) -> tuple:
     """Seal one blob handed over whole (a delta's literal data)."""
-    return ctx.seal(data, slot, 0, block_size)
+    return ctx.seal(data, slot, 0, None)
 
 
 class SealWorkers:
@@ -147,24 +130,16 @@ class SealWorkers:
     the slot back with `release` once it has copied them."""
 
     def __init__(self, sealer, max_blob: int, job_bytes: int, slots: int, workers: int | None = None):
-        self.workers = workers or os.cpu_count() or 2
         self.slot_size = job_bytes + (job_bytes // max_blob + 1) * SEAL_OVERHEAD
         self.memory = mmap.mmap(-1, slots * self.slot_size)   # shared (MAP_SHARED) with forked workers
         self.free = deque(range(slots))
         context = Context(sealer, self.memory, max_blob, self.slot_size)
-        if safe_to_fork():
-            self.executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("fork"),
-                                                initializer=_start, initargs=(os.getpid(), context))
-            self.executor.submit(os.getpid).result()   # forks every worker now, while there is no other thread
-            self._submit = functools.partial(self.executor.submit, _in_process)
-        else:
-            self.executor = ThreadPoolExecutor(self.workers, thread_name_prefix="seal")
-            self._submit = lambda job, *args: self.executor.submit(job, context, *args)
+        self.pool = Workers(workers or os.cpu_count() or 2, lambda: context, name="seal")   # forked workers inherit it
 
     def submit(self, job, *args):
         """(future, slot) of a job; the caller has made sure a slot is free."""
         slot = self.free.popleft()
-        return self._submit(job, slot, *args), slot
+        return self.pool.submit(job, slot, *args), slot
 
     def sealed(self, slot: int, at: int, n: int) -> bytes:
         base = slot * self.slot_size + at
@@ -174,7 +149,7 @@ class SealWorkers:
         self.free.append(slot)
 
     def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.pool.shutdown()
         self.memory.close()
 
     def __enter__(self):

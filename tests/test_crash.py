@@ -244,18 +244,27 @@ def test_backup_killed_from_outside_at_a_random_moment(env, tmp_path):
     threshold = random.Random(seed).randint(1 * MiB, 40 * MiB)   # well before the 60 MiB end of the run
     why = f"(seed {seed}: kill after {threshold} bytes of packs)"
 
-    with open(tmp_path / "backup.out", "wb") as out, open(tmp_path / "backup.err", "wb") as err:
-        proc = subprocess.Popen([str(BIN / "ironcore"), "backup", "s", "--json"], env=env.env, stdout=out, stderr=err)
+    state = {"started": False}
+
+    def far_enough(proc) -> bool:
+        if not state["started"]:
+            state["started"] = any(p.name.startswith(".tmp-pack-") for p in (env.volume / "packs").iterdir())
+        return state["started"] and written_bytes(env.volume) - base >= threshold
+    proc = kill_when(env, ["backup", "s", "--json"], tmp_path / "backup.err", far_enough, f"backup {why}")
+    assert proc.returncode == -9, why
+    check_after_crash(env, tmp_path, src, snap1, new_bytes, packs_before, 0)
+
+
+def kill_when(env, args: list, err_path, ready, what: str, limit: float = 120):
+    """Run `ironcore ARGS` and SIGKILL it as soon as ready(proc) is true; returns
+    the ended process."""
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen([str(BIN / "ironcore"), *args], env=env.env, stdout=subprocess.DEVNULL, stderr=err)
         try:
-            deadline = time.monotonic() + 120
-            started = False
-            while True:
-                assert time.monotonic() < deadline, f"backup wrote too little before the deadline {why}"
-                assert proc.poll() is None, f"backup ended (exit {proc.returncode}) before it was killed {why}"
-                if not started:
-                    started = any(p.name.startswith(".tmp-pack-") for p in (env.volume / "packs").iterdir())
-                if started and written_bytes(env.volume) - base >= threshold:
-                    break
+            deadline = time.monotonic() + limit
+            while not ready(proc):
+                assert time.monotonic() < deadline, f"{what}: not reached before the deadline"
+                assert proc.poll() is None, f"{what}: ended (exit {proc.returncode}) before it was killed"
                 time.sleep(0.002)
             proc.kill()
             proc.wait(timeout=60)
@@ -263,8 +272,7 @@ def test_backup_killed_from_outside_at_a_random_moment(env, tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=60)
-    assert proc.returncode == -9, why
-    check_after_crash(env, tmp_path, src, snap1, new_bytes, packs_before, 0)
+    return proc
 
 
 def alive(pid: int) -> bool:
@@ -290,25 +298,16 @@ def test_killed_run_leaves_no_worker_behind(env, tmp_path, command):
         args = ["restore", "s", "--to", str(tmp_path / "out"), "--json"]
     else:
         args = ["backup", "s", "--json"]
-    with open(tmp_path / "run.err", "wb") as err:
-        proc = subprocess.Popen([str(BIN / "ironcore"), *args], env=env.env, stdout=subprocess.DEVNULL, stderr=err)
+    workers = []
+
+    def forked(proc) -> bool:
         try:
-            deadline = time.monotonic() + 60
-            workers = []
-            while len(workers) < 2:
-                assert time.monotonic() < deadline and proc.poll() is None, f"the {command} started no workers"
-                try:
-                    with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
-                        workers = [int(p) for p in f.read().split()]
-                except FileNotFoundError:
-                    pass
-                time.sleep(0.001)
-            proc.kill()
-            proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=60)
+            with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+                workers[:] = [int(p) for p in f.read().split()]
+        except FileNotFoundError:
+            pass
+        return len(workers) >= 2
+    kill_when(env, args, tmp_path / "run.err", forked, f"the {command} starting its workers", limit=60)
     deadline = time.monotonic() + 10
     while any(alive(w) for w in workers):
         assert time.monotonic() < deadline, f"workers {[w for w in workers if alive(w)]} outlived the {command}"

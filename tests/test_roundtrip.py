@@ -194,7 +194,6 @@ def test_with_another_thread_running_the_work_stays_in_threads(tmp_path):
     """A process that runs other threads is not forked (a fork copies the locks
     they hold): backup and restore then do the same work in threads."""
     import threading
-    from concurrent.futures import ThreadPoolExecutor
 
     src = tmp_path / "src"
     (src / "d").mkdir(parents=True)
@@ -208,10 +207,10 @@ def test_with_another_thread_running_the_work_stays_in_threads(tmp_path):
     other.start()
     try:
         backup = Backup(volume, bset, str(tmp_path / "cache"))
-        assert isinstance(backup.sealers.executor, ThreadPoolExecutor)
+        assert not backup.sealers.pool.processes
         seq = backup.run()["snapshot"]
         restore = Restore(volume, seq, str(tmp_path / "out"))
-        assert isinstance(restore._executor, ThreadPoolExecutor)
+        assert not restore._workers.processes
         report = restore.run()
     finally:
         stop.set()

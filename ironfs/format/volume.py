@@ -39,7 +39,7 @@ PACK_TARGET = 16 * 1024 * 1024  # big enough for few files, small enough to lose
 SPAN_GAP = 256 * 1024           # read_blobs reads across gaps this small rather than seek
 SPAN_MAX = 4 * 1024 * 1024      # and at most this much at once
 DIRECT_SPAN = 256 * 1024        # spans this long are read past the page cache,
-SPAN_BUFFER = SPAN_MAX + 2 * 4096   # into aligned buffers of this size (a span and its alignment)
+SPAN_BUFFER = SPAN_MAX + 2 * 4096  # into aligned buffers of this size (a span and its alignment)
 SPAN_BUFFERS = 4                # kept for reuse
 PACK_FDS = 64                   # pack files kept open for reading
 PUBLISH_AHEAD = 2               # full packs being published while the next fills
@@ -339,34 +339,38 @@ class Volume:
                     span.append(item)
         return out
 
-    def _read_span(self, pack: str, start: int, length: int, buf) -> memoryview:
-        """A span of a pack: a large one read past the page cache into `buf` (an
-        aligned buffer of SPAN_BUFFER bytes), a small one with pread."""
+    def _read_span_direct(self, pack: str, start: int, length: int, buf) -> memoryview | None:
+        """A span of a pack read past the page cache into `buf`, an aligned buffer of
+        SPAN_BUFFER bytes; None if the file system refuses (plain reads from then on)."""
         first = start - start % directio.ALIGN
         want = directio.align_up(start + length) - first
-        if length < DIRECT_SPAN or want > len(buf) or not self._direct_ok or not self.read_shape.local:
-            return memoryview(self.read_sealed(pack, start, length))
         try:
             with self._pack_fd(pack, direct=True) as fd:
                 got = directio.fill(fd, first, memoryview(buf)[:want], direct=True)
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
-            self._direct_ok = False   # this file system refuses direct I/O
-            return memoryview(self.read_sealed(pack, start, length))
+            self._direct_ok = False
+            return None
         if got < start - first + length:
             raise CorruptData(f"Pack {pack} is shorter than its index says.")
         return memoryview(buf)[start - first:start - first + length]
 
     def _open_span(self, pack: str, span: list, out: dict, sealer: crypto.BlobSealer) -> None:
         start = span[0][0]
-        try:
-            buf = self._span_buffers.pop()
-        except IndexError:
-            buf = directio.buffer(SPAN_BUFFER)
+        length = span[-1][0] + span[-1][1] - start
+        buf = None
+        if (DIRECT_SPAN <= length <= SPAN_BUFFER - 2 * directio.ALIGN and self._direct_ok
+                and self.read_shape.local):
+            try:
+                buf = self._span_buffers.pop()
+            except IndexError:
+                buf = directio.buffer(SPAN_BUFFER)
         try:
             try:
-                data = self._read_span(pack, start, span[-1][0] + span[-1][1] - start, buf)
+                data = self._read_span_direct(pack, start, length, buf) if buf is not None else None
+                if data is None:
+                    data = memoryview(self.read_sealed(pack, start, length))
             except IroncoreError as exc:
                 for item in span:
                     out[item[3]] = exc
@@ -377,7 +381,7 @@ class Volume:
                 except CorruptData as exc:
                     out[blob_id] = CorruptData(f"{exc.message} (pack {pack})")
         finally:
-            if len(self._span_buffers) < SPAN_BUFFERS:   # a few are kept, however many threads read
+            if buf is not None and len(self._span_buffers) < SPAN_BUFFERS:   # a few are kept, however many threads read
                 self._span_buffers.append(buf)
 
     def close(self) -> None:
