@@ -13,6 +13,7 @@ import fnmatch
 import functools
 import logging
 import os
+import sys
 import tempfile
 import time
 from collections import deque
@@ -26,7 +27,7 @@ from ironfs.errors import IroncoreError
 from ironfs.format import delta, directio
 from ironfs.format.blobfilter import BlobFilter
 from ironfs.format.content import ContentHasher
-from ironfs.format.pack import BLOB_DATA, BLOB_SIGNATURE
+from ironfs.format.pack import BLOB_DATA, BLOB_SIGNATURE, PackWriter
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ MAX_INFLIGHT = 16                # jobs queued at once (each up to READ_CHUNK: 8
 SMALL_BATCH = 16                 # small files per worker job: fewer messages to the workers
 SPOOL_IN_MEMORY = 32 << 20       # literal data of a delta kept in memory before spilling to a temp file
 LANE_DEPTH = 8                   # file chunks queued for the hash lane (x 1 MiB of memory)
+SWITCH_INTERVAL = 0.0005         # seconds a thread waits for the GIL before asking for it (default 0.005)
 
 
 class Fallback(Exception):
@@ -107,7 +109,7 @@ class Backup:
         self.progress = progress
         self.max_blob = volume.max_blob
         self.sealers = SealWorkers(volume.sealer, self.max_blob, max(READ_CHUNK, SMALL_BATCH * self.max_blob),
-                                   MAX_INFLIGHT + 2, threads)   # forked now: before the caller starts a thread
+                                   MAX_INFLIGHT + PackWriter.LANE_DEPTH + 2, threads)   # forked now: before the caller starts a thread
         self.report = {"files_new": 0, "files_changed": 0, "files_unchanged": 0, "dirs": 0, "other": 0,
                        "deleted": 0, "bytes_read": 0, "bytes_stored": 0, "blobs_stored": 0, "signature_bytes_stored": 0,
                        "errors": []}
@@ -121,20 +123,20 @@ class Backup:
         """Start a worker's job, first waiting for a free slot. `done(slot, result)`
         runs in submission order (the queue), and the slot is freed after it.
         Returns the job's future."""
-        while not self.sealers.free:
+        while not self.sealers.has_free(wait_for_one=not self._pending):
             self._pop()
         fut, slot = self.sealers.submit(job, *args)
 
         def finish(result):
             try:
                 done(slot, result)
-            finally:
-                self.sealers.release(slot)
+            finally:   # the pack writer writes from the slot: reused once that is done
+                self.sealers.release(slot, self.writer.written())
         self._push(fut, finish)
         return fut
 
     def _from_slot(self, slot: int, sealed: tuple) -> list:
-        """A worker's sealed data blob, copied out of its slot, as _blob_done takes it."""
+        """A worker's sealed data blob, a view of its slot, as _blob_done takes it."""
         blob_id, at, n, raw_len, records = sealed
         return [blob_id, self.sealers.sealed(slot, at, n), raw_len, BLOB_DATA, records]
 
@@ -183,8 +185,16 @@ class Backup:
 
     # --- run -------------------------------------------------------------------------
     def run(self) -> dict:
-        with self.sealers:
-            return self._run()
+        # The walk gives the GIL up for every stat and xattr call, and waited up to
+        # the default 5 ms for it each time while the pack writer's and the worker
+        # pool's threads ran Python: a shorter switch interval bounds that wait.
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        try:
+            with self.sealers:
+                return self._run()
+        finally:
+            sys.setswitchinterval(interval)
 
     def _run(self) -> dict:
         started = time.time()

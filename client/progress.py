@@ -4,13 +4,12 @@ import os
 import sys
 import threading
 
-from rich.console import Console
-from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                           TransferSpeedColumn)
-
 
 class TerminalProgress:
     def __init__(self, label: str, roots: list[str] | None = None, total_bytes: int | None = None):
+        from rich.console import Console   # here: a run with --json or without a terminal never needs rich
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                   TransferSpeedColumn)
         self.console = Console(stderr=True)
         self.files = 0
         self._progress = Progress(

@@ -4,7 +4,13 @@ and an HTTPS client that trusts exactly that certificate.
 Pinning: on first login the server's certificate is fetched and its SHA-256
 shown (or checked against --fingerprint); afterwards TLS accepts only that
 certificate, so a changed one is refused with its new fingerprint in the
-message rather than silently trusted."""
+message rather than silently trusted.
+
+httpx is imported where a server is first called: it (and the rich and
+pygments it pulls in) is a tenth of a second that a backup to a local folder
+need not pay."""
+from __future__ import annotations
+
 import base64
 import hashlib
 import json
@@ -14,18 +20,20 @@ import socket
 import ssl
 import time
 import urllib.request
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
-
-import httpx
 
 from client import config
 from client.throttle import TokenBucket, throttled
 from ironfs.errors import IroncoreError, UsageError
 from ironfs.format.fsutil import write_atomic
 
+if TYPE_CHECKING:
+    import httpx
+
 logger = logging.getLogger(__name__)
 
-TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+TIMEOUT, CONNECT_TIMEOUT = 60.0, 10.0
 RETRY_SECONDS = float(os.environ.get("IRONCORE_RETRY_SECONDS", 300))   # how long a backup waits out a server restart
 
 
@@ -182,7 +190,9 @@ class ServerClient:
         self.cert_pem = cert_pem
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         verify = pinned_context(cert_pem) if scheme == "https" else False
-        self.http = httpx.Client(base_url=self.url, verify=verify, auth=auth, headers=headers, timeout=TIMEOUT,
+        import httpx
+        self.http = httpx.Client(base_url=self.url, verify=verify, auth=auth, headers=headers,
+                                 timeout=httpx.Timeout(TIMEOUT, connect=CONNECT_TIMEOUT),
                                  limits=httpx.Limits(max_connections=16), trust_env=True)   # HTTPS_PROXY etc.
         self.bucket: TokenBucket | None = None
         self.bytes_sent = 0     # upload bodies (packs, commits), retries included
@@ -195,6 +205,7 @@ class ServerClient:
         self.bytes_sent += n
 
     def request(self, method: str, path: str, **kw) -> httpx.Response:
+        import httpx
         try:
             response = self.http.request(method, path, **kw)
         except httpx.ProxyError as exc:

@@ -6,11 +6,13 @@ calls, but a backup makes tens of thousands of them and in threads each one
 hands one interpreter's GIL back and forth: the whole pipeline used 1.3 of 2
 cores. Worker processes have an interpreter each. They read the files
 themselves and seal blobs into slots of memory shared with the backup, so only
-small messages cross the pipes; the backup copies each sealed blob once, out
-of its slot for its pack. Processes are forked only while the backup's process has no other
-thread (client.worker_process); otherwise the same jobs run in threads."""
+small messages cross the pipes, and the pack writer writes the sealed blobs
+straight from the slots (a slot is free again once they are on disk).
+Processes are forked only while the backup's process has no other thread
+(client.worker_process); otherwise the same jobs run in threads."""
 import errno
 import mmap
+from concurrent.futures import wait
 import os
 import threading
 from collections import deque
@@ -126,31 +128,52 @@ def seal_data(ctx: Context, slot: int, data: bytes) -> tuple:
 
 class SealWorkers:
     """The workers and their slots. A job is given a free slot and the worker
-    writes its sealed blobs there; the caller reads them with `sealed` and gives
-    the slot back with `release` once it has copied them."""
+    writes its sealed blobs there; the caller takes views of them with `sealed`
+    and gives the slot back with `release`, to be reused once the views' bytes
+    are written."""
 
     def __init__(self, sealer, max_blob: int, job_bytes: int, slots: int, workers: int | None = None):
         self.slot_size = job_bytes + (job_bytes // max_blob + 1) * SEAL_OVERHEAD
         self.memory = mmap.mmap(-1, slots * self.slot_size)   # shared (MAP_SHARED) with forked workers
+        self.view = memoryview(self.memory)
         self.free = deque(range(slots))
+        self.held = deque()   # (future of the write of its blobs, slot)
         context = Context(sealer, self.memory, max_blob, self.slot_size)
-        self.pool = Workers(workers or os.cpu_count() or 2, lambda: context, name="seal")   # forked workers inherit it
+        # two workers more than cores: while one waits for its read, another seals
+        self.pool = Workers(workers or (os.cpu_count() or 2) + 2, lambda: context, name="seal")   # forked: inherit it
 
     def submit(self, job, *args):
         """(future, slot) of a job; the caller has made sure a slot is free."""
         slot = self.free.popleft()
         return self.pool.submit(job, slot, *args), slot
 
-    def sealed(self, slot: int, at: int, n: int) -> bytes:
+    def sealed(self, slot: int, at: int, n: int) -> memoryview:
         base = slot * self.slot_size + at
-        return self.memory[base:base + n]
+        return self.view[base:base + n]
 
-    def release(self, slot: int) -> None:
-        self.free.append(slot)
+    def release(self, slot: int, written=None) -> None:
+        """Give a slot back, for reuse once the future `written` (if any) is done."""
+        if written is None:
+            self.free.append(slot)
+        else:
+            self.held.append((written, slot))
+
+    def has_free(self, wait_for_one: bool) -> bool:
+        """Whether a slot is free, after taking back those whose blobs are written;
+        with wait_for_one, waits for the oldest held slot's write when none is."""
+        while self.held and (self.held[0][0].done() or (wait_for_one and not self.free)):
+            written, slot = self.held.popleft()
+            wait([written])   # its errors reach the pack writer's caller, not here
+            self.free.append(slot)
+        return bool(self.free)
 
     def close(self) -> None:
         self.pool.shutdown()
-        self.memory.close()
+        self.view.release()
+        try:
+            self.memory.close()
+        except BufferError:
+            pass   # a view is still held (by an exception's traceback): the mapping goes with it
 
     def __enter__(self):
         return self

@@ -198,3 +198,63 @@ def test_long_spans_read_past_the_page_cache_or_plainly_where_refused(volume, mo
     tried = len(direct_opens)
     assert {k: bytes(v) for k, v in volume.read_blobs(ids).items()} == expected
     assert len(direct_opens) == tried, "asked again after a refusal"
+
+
+def test_a_lent_blob_buffer_is_written_before_the_writer_lets_it_go(volume, monkeypatch):
+    """The backup hands the pack writer views of its workers' shared slots, not
+    copies. The pack lane writes them later, so `written()` stays pending until it
+    has (the slot is reused only then), and what reaches the pack is the bytes
+    as they were lent."""
+    import threading
+
+    from ironfs.format import pack as packfmt
+    from ironfs.format.catalog import Catalog
+
+    gate = threading.Event()
+    real_append_many = packfmt.PackWriter._append_many
+
+    def held_append_many(self, pieces):
+        gate.wait(30)
+        real_append_many(self, pieces)
+    monkeypatch.setattr(packfmt.PackWriter, "_append_many", held_append_many)
+
+    data = os.urandom(50_000)
+    blob_id = volume.key.blob_id(data)
+    slot = bytearray(volume.sealer.seal(blob_id, data))
+    with volume.writer() as w:
+        commit = w.start_commit("snapshot")
+        assert w.add_blob(blob_id, BLOB_DATA, memoryview(slot), len(data))
+        written = w.written()
+        assert written is not None and not written.done(), "reported written while the lane still holds it"
+        gate.set()
+        written.result(30)
+        assert w.written() is None
+        slot[:] = bytes(len(slot))   # reused: too late to reach the pack
+        cid = content_id(volume.key, data)
+        commit.add({"t": "content", "id": cid, "size": len(data), "ext": [[blob_id, 0, len(data)]]})
+        commit.add({"t": "ver", "p": b"f", "k": "f", "mode": 0o644, "mtime_ns": 1, "size": len(data), "c": cid})
+        w.finish_commit(commit)
+    assert bytes(volume.read_blob(blob_id)) == data
+
+
+def test_a_slot_waits_for_the_write_of_its_blobs(tmp_path):
+    """A released slot whose blobs are still being written is not handed out
+    (the pack lane writes in order: slots come back in the order they went)."""
+    from concurrent.futures import Future
+
+    from client.sealers import SealWorkers
+
+    vol = Volume.create(str(tmp_path / "vol"), {"private": b"pw"}, kdf_params=FAST_KDF)
+    vol.unlock(b"pw")
+    with SealWorkers(vol.sealer, vol.max_blob, 1 << 20, 2, workers=1) as slots:
+        first, second = slots.free.popleft(), slots.free.popleft()
+        done, pending = Future(), Future()
+        slots.release(first, done)
+        slots.release(second, pending)
+        done.set_result(None)
+        assert slots.has_free(wait_for_one=False) and list(slots.free) == [first]
+        slots.free.popleft()
+        assert not slots.has_free(wait_for_one=False)
+        pending.set_result(None)
+        assert slots.has_free(wait_for_one=False) and list(slots.free) == [second]
+    vol.close()

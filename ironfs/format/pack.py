@@ -91,15 +91,31 @@ class PackWriter:
                 return
             self._batch.append(data)
             self._batched += len(data)
-            if self._batched < self.BATCH and not flush:
-                return
-            batch, self._batch, self._batched = self._batch, [], 0
-            self._queued.append(self._lane.submit(self._append_many, batch))
-            while len(self._queued) > self.LANE_DEPTH:
-                self._queued.popleft().result()
+            if self._batched >= self.BATCH or flush:
+                self._send_batch()
         except OSError as exc:
             self.abort()
             raise_if_full(exc, "a pack")
+
+    def _send_batch(self) -> None:
+        batch, self._batch, self._batched = self._batch, [], 0
+        self._queued.append(self._lane.submit(self._append_many, batch))
+        while len(self._queued) > self.LANE_DEPTH:
+            self._queued.popleft().result()
+
+    def send(self):
+        """Hand every blob added so far to the lane now. Returns the future of the
+        lane's last write, done once they are all written (so buffers lent to
+        `add` may be reused), or None when none waits."""
+        if self._lane is None:
+            return None
+        if self._batch:
+            try:
+                self._send_batch()
+            except OSError as exc:
+                self.abort()
+                raise_if_full(exc, "a pack")
+        return self._queued[-1] if self._queued else None
 
     def _drain(self) -> None:
         try:
@@ -109,7 +125,9 @@ class PackWriter:
             self.abort()
             raise_if_full(exc, "a pack")
 
-    def add(self, blob_id: bytes, blob_type: int, sealed: bytes, raw_length: int) -> None:
+    def add(self, blob_id: bytes, blob_type: int, sealed, raw_length: int) -> None:
+        """Append a sealed blob (any buffer). With a lane it is written later:
+        the buffer must stay as it is until the future `send` returns is done."""
         self.entries.append(IndexEntry(blob_id, blob_type, self.size, len(sealed), raw_length))
         self._write(sealed)
 

@@ -430,6 +430,7 @@ class VolumeWriter:
         self._run_blobs = sqlite3.connect("", isolation_level=None)   # "" = private temporary file
         self._run_blobs.execute("CREATE TABLE b(id BLOB PRIMARY KEY) WITHOUT ROWID")
         self._current: packfmt.PackWriter | None = None
+        self._last_write = None   # the pack lane's latest write of blobs (see `written`)
         self._pack_lane = ThreadPoolExecutor(1, thread_name_prefix="pack-writer")
         # A full pack is finished (index, fsync, rename) on its own thread while the
         # next one fills; a subclass that needs each pack's name at once (uploads)
@@ -484,8 +485,9 @@ class VolumeWriter:
         return blob_id in self._pack_blobs or self._run_blobs.execute(
             "SELECT 1 FROM b WHERE id=?", (blob_id,)).fetchone() is not None
 
-    def add_blob(self, blob_id: bytes, blob_type: int, sealed: bytes, raw_length: int) -> bool:
-        """Add a sealed blob unless this run already stored it; True if added."""
+    def add_blob(self, blob_id: bytes, blob_type: int, sealed, raw_length: int) -> bool:
+        """Add a sealed blob unless this run already stored it; True if added. The
+        blob may be a view of a caller's buffer, written later: see `written`."""
         if self.in_run(blob_id):
             return False
         if self._current is None:
@@ -500,9 +502,18 @@ class VolumeWriter:
             self.flush_pack()
         return True
 
+    def written(self):
+        """A future done once every blob added so far is written, so that buffers
+        lent to add_blob may be reused; None when they are written already."""
+        if self._current is not None:
+            self._last_write = self._current.send() or self._last_write
+        last = self._last_write
+        return last if last is not None and not last.done() else None
+
     def flush_pack(self) -> None:
         if self._current is not None and self._current.entries:
             writer, self._current = self._current, None
+            self._last_write = writer.send() or self._last_write   # its blobs leave from this thread
             self._run_blobs.executemany("INSERT OR IGNORE INTO b VALUES(?)", ((b,) for b in self._pack_blobs))
             self._pack_blobs = set()
             if self._publisher is None:
