@@ -21,8 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from client import sealers
 from client.cache import FileCache, entry_digest, version_digest
+from client.catalog_process import CatalogProcess
 from client.fsmeta import kind_of, version_record
 from client.sealers import SealWorkers, open_for_reading
+from client.worker_process import safe_to_fork
 from ironfs.errors import IroncoreError
 from ironfs.format import delta, directio
 from ironfs.format.blobfilter import BlobFilter
@@ -108,8 +110,10 @@ class Backup:
         self.cache = FileCache(cache_dir, volume.id)
         self.progress = progress
         self.max_blob = volume.max_blob
+        # both fork now, before the caller starts a thread (client.worker_process)
+        self.catalog_process = CatalogProcess(volume) if safe_to_fork() else None
         self.sealers = SealWorkers(volume.sealer, self.max_blob, max(READ_CHUNK, SMALL_BATCH * self.max_blob),
-                                   MAX_INFLIGHT + PackWriter.LANE_DEPTH + 2, threads)   # forked now: before the caller starts a thread
+                                   MAX_INFLIGHT + PackWriter.LANE_DEPTH + 2, threads)
         self.report = {"files_new": 0, "files_changed": 0, "files_unchanged": 0, "dirs": 0, "other": 0,
                        "deleted": 0, "bytes_read": 0, "bytes_stored": 0, "blobs_stored": 0, "signature_bytes_stored": 0,
                        "errors": []}
@@ -195,6 +199,8 @@ class Backup:
                 return self._run()
         finally:
             sys.setswitchinterval(interval)
+            if self.catalog_process is not None:
+                self.catalog_process.close()
 
     def _run(self) -> dict:
         started = time.time()
@@ -211,6 +217,8 @@ class Backup:
         for (cid,) in catalog.db.execute("SELECT id FROM contents"):
             self.contents.add(cid)
         with self.volume.writer() as self.writer, ThreadPoolExecutor(1) as self.hash_lane:
+            if self.catalog_process is not None:
+                self.writer.apply_live(self.catalog_process)
             self.run_id = self.cache.begin()
             self.commit = self.writer.start_commit("snapshot", sources=list(self.bset.sources), set=self.bset.name)
             try:

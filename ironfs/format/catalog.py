@@ -140,27 +140,41 @@ class Catalog:
     def apply(self, seq: int, records, load_pack_index) -> bool:
         """Apply one commit's records in one transaction, with `applied_seq`; False if
         another process applied it first. `load_pack_index(name)` returns a pack's index."""
-        db = self.db
-        self._dir_ids.clear()
-        self._made.clear()
-        db.execute("BEGIN IMMEDIATE")
+        if not self.begin_apply(seq):
+            return False
         try:
-            if self.applied_seq >= seq:
-                db.execute("ROLLBACK")
-                return False
-            if self.applied_seq != seq - 1:
-                raise CorruptData(f"Commit {seq} applied out of order (catalog is at {self.applied_seq}).")
-            for rec in records:
-                handler = getattr(self, "_rec_" + rec["t"], None)
-                if handler is None:
-                    raise VolumeFormatError(f"Commit {seq} has a record of unknown type {rec['t']!r}.")
-                handler(seq, rec, load_pack_index)
-            db.execute("INSERT OR REPLACE INTO meta VALUES('applied_seq', ?)", (seq,))
-            db.execute("COMMIT")
+            self.apply_records(seq, records, load_pack_index)
+            self.end_apply(seq)
             return True
         except BaseException:
-            db.execute("ROLLBACK")
+            self.db.execute("ROLLBACK")
             raise
+
+    def begin_apply(self, seq: int) -> bool:
+        """Open the transaction of commit `seq`; False (and none open) if it is
+        applied already. Then apply_records, as often as needed, and end_apply;
+        or ROLLBACK."""
+        self._dir_ids.clear()
+        self._made.clear()
+        self.db.execute("BEGIN IMMEDIATE")
+        applied = self.applied_seq
+        if applied == seq - 1:
+            return True
+        self.db.execute("ROLLBACK")
+        if applied >= seq:
+            return False
+        raise CorruptData(f"Commit {seq} applied out of order (catalog is at {applied}).")
+
+    def apply_records(self, seq: int, records, load_pack_index) -> None:
+        for rec in records:
+            handler = getattr(self, "_rec_" + rec["t"], None)
+            if handler is None:
+                raise VolumeFormatError(f"Commit {seq} has a record of unknown type {rec['t']!r}.")
+            handler(seq, rec, load_pack_index)
+
+    def end_apply(self, seq: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES('applied_seq', ?)", (seq,))
+        self.db.execute("COMMIT")
 
     def _rec_commit(self, seq, rec, _):
         if rec.get("seq") != seq:

@@ -1,5 +1,6 @@
 """Large files are read (backup) and written (restore) past the page cache, and
-so are long spans of packs (a restore's reads, ironfs.format.volume).
+so are packs: written by a backup (ironfs.format.pack), read in long spans by
+a restore (ironfs.format.volume).
 
 Through the page cache every page of a large file is allocated, copied and
 later evicted again, pushing the user's working set out of memory; with
@@ -11,6 +12,7 @@ import errno
 import fcntl
 import mmap
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
 ALIGN = 4096        # offsets and lengths of direct I/O: a multiple of every logical block size in use
@@ -90,12 +92,16 @@ class Writer:
 
     STAGE = 4 << 20
 
-    def __init__(self, fd: int, size: int):
+    def __init__(self, fd: int, size: int, digest=None):
+        """`digest` (a hashlib object), if given, is updated with every byte as it
+        is written, in order, by the writer thread: a file without holes (a pack)
+        is hashed a stage at a time, beside the caller."""
         self.fd = fd
+        self.digest = digest
         self.direct = reopen_direct(fd) if size >= DIRECT_MIN else None
         self.stage = self.spare = self.lane = None
         if self.direct is not None:
-            self.stage, self.spare = buffer(self.STAGE), buffer(self.STAGE)
+            self.stage, self.spare = _take_stage(), _take_stage()
             self.lane = ThreadPoolExecutor(1, thread_name_prefix="direct-write")
         self.inflight = None   # the writer thread's job: one stage at a time
         self.start = 0         # file offset of stage[0]
@@ -103,6 +109,8 @@ class Writer:
 
     def write(self, pos: int, piece) -> None:
         if self.stage is None:
+            if self.digest is not None:
+                self.digest.update(piece)
             _pwrite_all(self.fd, memoryview(piece), pos)
             return
         if pos != self.start + self.staged:   # after a hole
@@ -133,6 +141,8 @@ class Writer:
     def _write_out(self, buf, n: int, pos: int) -> None:
         """buf[:n] to the file at pos: whole blocks directly where the file system
         and the alignment allow, the rest through the page cache."""
+        if self.digest is not None:
+            self.digest.update(memoryview(buf)[:n])
         whole = n - n % ALIGN if pos % ALIGN == 0 and self.direct is not None else 0
         if whole:
             try:
@@ -165,13 +175,36 @@ class Writer:
             if self.direct is not None:
                 os.close(self.direct)
                 self.direct = None
-            self.stage = self.spare = self.lane = None   # freed with the last view of them (a traceback may hold one)
+            _give_stage(self.stage)
+            _give_stage(self.spare)
+            self.stage = self.spare = self.lane = None
 
     def _settle_quietly(self) -> None:
         """After a failure: the write in flight ends before its buffer goes."""
         if self.inflight is not None:
             wait([self.inflight])
             self.inflight = None
+
+
+_spare_stages: list = []   # stages of closed writers, for the next (one per pack of a backup)
+_spare_lock = threading.Lock()
+SPARE_STAGES = 4
+
+
+def _take_stage() -> mmap.mmap:
+    """A stage, reused where one is spare: every page of a fresh one costs a page
+    fault on first touch, which for a backup's packs cost as much as the page
+    cache they bypass."""
+    with _spare_lock:
+        if _spare_stages:
+            return _spare_stages.pop()
+    return buffer(Writer.STAGE)
+
+
+def _give_stage(stage) -> None:
+    with _spare_lock:
+        if len(_spare_stages) < SPARE_STAGES:
+            _spare_stages.append(stage)
 
 
 def _pwrite_all(fd: int, view: memoryview, pos: int) -> None:

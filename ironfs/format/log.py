@@ -53,10 +53,13 @@ class _HashingWriter(io.RawIOBase):
 
 
 class CommitWriter:
-    """Streams records into a temporary file; `finish` publishes it as log/<seq>.commit."""
+    """Streams records into a temporary file; `finish` publishes it as log/<seq>.commit.
+    `on_batch`, if given, is handed each batch of packed records as it is
+    written, the end record in the last (to apply the commit while it is written)."""
 
-    def __init__(self, log_dir: str, seq: int, header: dict):
+    def __init__(self, log_dir: str, seq: int, header: dict, on_batch=None):
         self.log_dir, self.seq = log_dir, seq
+        self._on_batch = on_batch
         self.path = tmp_name(log_dir, f"commit-{seq}-")
         self._hash = hashlib.sha256()
         self._file = open(self.path, "wb")
@@ -88,6 +91,8 @@ class CommitWriter:
         except OSError as exc:
             self.abort()
             raise_if_full(exc, "a commit")
+        if self._on_batch is not None:
+            self._on_batch(bytes(self._pending))
         self._pending = bytearray()
 
     def finish(self) -> str:

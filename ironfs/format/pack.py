@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from ironfs.errors import CorruptData
+from ironfs.format import directio
 from ironfs.format.fsutil import discard, publish, raise_if_full, tmp_name
 
 MAGIC = b"IRONPACK"
@@ -22,8 +23,6 @@ VERSION = 1
 HEADER = MAGIC + bytes((VERSION,)) + bytes(7)
 ENTRY = struct.Struct("<16sBQII")
 FOOTER = struct.Struct("<I8s")
-
-IOV_BATCH = 512   # buffers per writev (below every system's IOV_MAX)
 
 BLOB_DATA = 0
 BLOB_SIGNATURE = 1
@@ -58,6 +57,12 @@ class PackWriter:
         self._hash = hashlib.sha256()
         self._file = open(self.path, "wb")
         self._lane = lane
+        # The lane writes past the page cache (ironfs.format.directio): on the
+        # disks measured, buffered writes and their fsync ran at a third of the
+        # disk's speed, which held a whole backup back.
+        self._direct = (directio.Writer(self._file.fileno(), directio.DIRECT_MIN, digest=self._hash)
+                        if lane is not None else None)
+        self._written = 0
         self._queued = deque()
         self._batch: list[bytes] = []
         self._batched = 0
@@ -69,19 +74,10 @@ class PackWriter:
         self._hash.update(data)
 
     def _append_many(self, pieces: list) -> None:
-        """The lane's write of a batch: hashed piece by piece and written with
-        writev, so the blobs are never copied into one buffer first."""
+        """The lane's write of a batch (the direct writer hashes it)."""
         for piece in pieces:
-            self._hash.update(piece)
-        fd = self._file.fileno()
-        for i in range(0, len(pieces), IOV_BATCH):
-            part = pieces[i:i + IOV_BATCH]
-            done = os.writev(fd, part)
-            total = sum(len(p) for p in part)
-            if done < total:   # a short write (rare): the rest the plain way
-                rest = memoryview(b"".join(part))[done:]
-                while rest:
-                    rest = rest[os.write(fd, rest):]
+            self._direct.write(self._written, piece)
+            self._written += len(piece)
 
     def _write(self, data, flush: bool = False) -> None:
         self.size += len(data)
@@ -138,6 +134,7 @@ class PackWriter:
         self._write(FOOTER.pack(len(self.entries), INDEX_MAGIC), flush=True)
         self._drain()
         try:
+            self._close_direct()
             self._file.close()
             name = self._hash.hexdigest()
             final_dir = os.path.join(self.packs_dir, name[:2])
@@ -155,7 +152,17 @@ class PackWriter:
             if not fut.cancelled():
                 fut.exception()   # wait: the file must not be written after it is removed
         self._queued.clear()
+        try:
+            self._close_direct()
+        except OSError:
+            pass   # the file goes anyway
         discard(self._file, self.path)
+
+    def _close_direct(self) -> None:
+        """Write out what the direct writer holds and stop its thread."""
+        if self._direct is not None:
+            direct, self._direct = self._direct, None
+            direct.close()
 
 
 def parse_index(tail: bytes, pack_size: int, name: str = "?") -> list[IndexEntry]:

@@ -431,6 +431,7 @@ class VolumeWriter:
         self._run_blobs.execute("CREATE TABLE b(id BLOB PRIMARY KEY) WITHOUT ROWID")
         self._current: packfmt.PackWriter | None = None
         self._last_write = None   # the pack lane's latest write of blobs (see `written`)
+        self._applier, self._applying = None, False   # see apply_live
         self._pack_lane = ThreadPoolExecutor(1, thread_name_prefix="pack-writer")
         # A full pack is finished (index, fsync, rename) on its own thread while the
         # next one fills; a subclass that needs each pack's name at once (uploads)
@@ -533,10 +534,22 @@ class VolumeWriter:
         while self._publishing:
             self._publishing.pop(0)[0].result()
 
+    def apply_live(self, applier) -> None:
+        """Have `applier` apply the commits to the catalog while they are written
+        (client.catalog_process): `begin(seq)`, `feed(packed records)`, then
+        `finish()` once the commit is published (False: it did not, and the
+        commit is applied from its file as usual) or `abort()`."""
+        self._applier = applier
+
     def start_commit(self, kind: str, **header) -> commitlog.CommitWriter:
         header.setdefault("time_ns", time.time_ns())
         header.setdefault("host", socket.gethostname())
-        return commitlog.CommitWriter(os.path.join(self.volume.root, "log"), self.seq, dict(header, kind=kind))
+        on_batch = None
+        if self._applier is not None:
+            self._applier.begin(self.seq)
+            self._applying, on_batch = True, self._applier.feed
+        return commitlog.CommitWriter(os.path.join(self.volume.root, "log"), self.seq, dict(header, kind=kind),
+                                      on_batch=on_batch)
 
     def finish_commit(self, commit: commitlog.CommitWriter) -> int:
         """Publish the packs, then the commit naming them, then apply it to the catalog."""
@@ -547,7 +560,10 @@ class VolumeWriter:
         crashpoint("mid-commit")
         self.publish_commit(commit)
         crashpoint("commit-published")
-        self.catalog.apply(self.seq, commitlog.read_commit(self.volume.commit_path(self.seq)), self.volume.pack_index)
+        applied, self._applying = self._applying and self._applier.finish(), False
+        if not applied:
+            self.catalog.apply(self.seq, commitlog.read_commit(self.volume.commit_path(self.seq)),
+                               self.volume.pack_index)
         seq = self.seq
         self.seq += 1
         self.packs, self.adopted = [], []
@@ -561,6 +577,9 @@ class VolumeWriter:
     def discard(self, remove_packs: bool) -> None:
         """After a failed run: drop the unfinished pack; with remove_packs (disk full)
         also the packs this run published, so the space comes back at once."""
+        if self._applying:
+            self._applying = False
+            self._applier.abort()
         if self._current is not None:
             self._current.abort()
             self._current = None
