@@ -125,8 +125,8 @@ class Backup:
     # --- pipeline ------------------------------------------------------------------
     def _submit(self, job, args: tuple, done):
         """Start a worker's job, first waiting for a free slot. `done(slot, result)`
-        runs in submission order (the queue), and the slot is freed after it.
-        Returns the job's future."""
+        runs in submission order (the queue); the slot is free again once the
+        pack writer has taken the blobs done added. Returns the job's future."""
         while not self.sealers.has_free(wait_for_one=not self._pending):
             self._pop()
         fut, slot = self.sealers.submit(job, *args)

@@ -30,13 +30,14 @@ class Context:
         self.max_blob, self.slot_size = max_blob, slot_size
         self.local = threading.local()
 
-    def seal(self, data, slot: int, at: int, block_size) -> tuple:
-        """Name, sign (if block_size) and seal one blob into the slot at `at`:
-        (blob id, offset in the slot, sealed length, plaintext length, signature records)."""
+    def seal(self, data, slot: int, at: int, block_size, frame=None) -> tuple:
+        """Name, sign (if block_size) and seal one blob into the slot at `at`
+        (`frame`: see BlobSealer.seal_into): (blob id, offset in the slot, sealed
+        length, plaintext length, signature records)."""
         blob_id = self.key.blob_id(data)
         records = delta.signature(data, block_size).records if block_size else None
         base = slot * self.slot_size
-        n = self.sealer.seal_into(blob_id, data, memoryview(self.memory)[base + at:base + self.slot_size])
+        n = self.sealer.seal_into(blob_id, data, memoryview(self.memory)[base + at:base + self.slot_size], frame)
         return blob_id, at, n, len(data), records
 
 
@@ -103,20 +104,22 @@ def seal_chunks(ctx: Context, slot: int, path: bytes, dev: int, ino: int, pos: i
         if (st.st_dev, st.st_ino) != (dev, ino):
             return 0, [], OSError(errno.ESTALE, "it was replaced while being read; its last version is kept")
         reader = directio.Reader(fd, st.st_size)
+        # read one page in: the byte before each blob can frame it (BlobSealer.seal_into)
         buf = getattr(ctx.local, "buf", None)
-        if buf is None or len(buf) < directio.align_up(length):
-            buf = ctx.local.buf = directio.buffer(length)
-        got = reader.read_into(pos, buf, length)
+        if buf is None or len(buf) < directio.ALIGN + directio.align_up(length):
+            buf = ctx.local.buf = directio.buffer(directio.ALIGN + length)
+        got = reader.read_into(pos, memoryview(buf)[directio.ALIGN:], length)
     except OSError as exc:
         return 0, [], exc
     finally:
         if reader is not None:
             reader.close()
         os.close(fd)
-    view = memoryview(buf)[:got]
+    view = memoryview(buf)
     sealed, at = [], 0
-    for i in range(0, got, ctx.max_blob):
-        sealed.append(ctx.seal(view[i:i + ctx.max_blob], slot, at, block_size))
+    for i in range(directio.ALIGN, directio.ALIGN + got, ctx.max_blob):
+        end = min(i + ctx.max_blob, directio.ALIGN + got)
+        sealed.append(ctx.seal(view[i:end], slot, at, block_size, frame=view[i - 1:end]))
         at += sealed[-1][2]
     return got, sealed, None
 

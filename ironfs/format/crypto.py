@@ -159,23 +159,42 @@ class BlobSealer:
         del sealed[n:]   # in place: shorter when compressed
         return sealed
 
-    def seal_into(self, blob_id: bytes, plaintext, out: memoryview) -> int:
+    def seal_into(self, blob_id: bytes, plaintext, out: memoryview, frame: memoryview | None = None) -> int:
         """Seal into `out` (at least SEAL_OVERHEAD bytes more than the plaintext);
-        returns the sealed length."""
+        returns the sealed length. `frame`, if given, is a writable view one byte
+        longer than the plaintext and ending with it: a blob that does not
+        compress is then encrypted where it lies, its codec in the borrowed
+        first byte (given back after), instead of being copied first."""
         loc = self._zstd()
         compressed = loc.c.compress(plaintext)
-        codec, payload = (CODEC_ZSTD, compressed) if len(compressed) < len(plaintext) else (CODEC_RAW, plaintext)
+        if len(compressed) < len(plaintext):
+            return self._encrypt_into(blob_id, self._framed(loc, CODEC_ZSTD, compressed), out)
+        if frame is None:
+            return self._encrypt_into(blob_id, self._framed(loc, CODEC_RAW, plaintext), out)
+        borrowed = frame[0]
+        frame[0] = CODEC_RAW
+        try:
+            return self._encrypt_into(blob_id, frame, out)
+        finally:
+            frame[0] = borrowed
+
+    @staticmethod
+    def _framed(loc, codec: int, payload) -> memoryview:
+        """codec || payload in this thread's buffer (no new memory a blob)."""
         n = 1 + len(payload)
-        scratch = getattr(loc, "body", None)   # this thread's buffer for codec || payload: no new memory a blob
+        scratch = getattr(loc, "body", None)
         if scratch is None or len(scratch) < n:
             scratch = loc.body = bytearray(max(n, 1 + (128 << 10)))
         body = memoryview(scratch)[:n]
         body[0] = codec
         body[1:] = payload
+        return body
+
+    def _encrypt_into(self, blob_id: bytes, body, out: memoryview) -> int:
         nonce = self._nonce()
         out[:NONCE_LEN] = nonce
-        self._aead.encrypt_into(nonce, body, blob_id, out[NONCE_LEN:NONCE_LEN + n + TAG_LEN])
-        return NONCE_LEN + n + TAG_LEN
+        self._aead.encrypt_into(nonce, body, blob_id, out[NONCE_LEN:NONCE_LEN + len(body) + TAG_LEN])
+        return NONCE_LEN + len(body) + TAG_LEN
 
     def open(self, blob_id: bytes, sealed, raw_length: int | None = None) -> bytes:
         """Decrypt and decompress; raise CorruptData unless the result hashes to blob_id."""
