@@ -432,6 +432,7 @@ class VolumeWriter:
         self._current: packfmt.PackWriter | None = None
         self._last_write = None   # the pack lane's latest write of blobs (see `written`)
         self._applier, self._applying = None, False   # see apply_live
+        self._commit, self._named = None, 0   # the commit being written; how many of self.packs it names
         self._pack_lane = ThreadPoolExecutor(1, thread_name_prefix="pack-writer")
         # A full pack is finished (index, fsync, rename) on its own thread while the
         # next one fills; a subclass that needs each pack's name at once (uploads)
@@ -519,10 +520,21 @@ class VolumeWriter:
             self._pack_blobs = set()
             if self._publisher is None:
                 self._publish_pack(writer)
+                self._name_packs()
                 return
             self._publishing.append((self._publisher.submit(self._publish_pack, writer), writer))
             while len(self._publishing) > PUBLISH_AHEAD:
                 self._publishing.pop(0)[0].result()
+            self._name_packs()
+
+    def _name_packs(self) -> None:
+        """Name the packs published since the last call in the commit being
+        written: as it goes, so that a live applier (apply_live) takes their
+        blobs in during the run instead of all at its end."""
+        while self._commit is not None and self._named < len(self.packs):
+            name, size = self.packs[self._named]
+            self._commit.add({"t": "pack", "name": name, "size": size})
+            self._named += 1
 
     def _publish_pack(self, writer: packfmt.PackWriter) -> None:
         """Index, fsync and rename a full pack (the publisher thread, in pack order)."""
@@ -548,15 +560,21 @@ class VolumeWriter:
         if self._applier is not None:
             self._applier.begin(self.seq)
             self._applying, on_batch = True, self._applier.feed
-        return commitlog.CommitWriter(os.path.join(self.volume.root, "log"), self.seq, dict(header, kind=kind),
-                                      on_batch=on_batch)
+        commit = commitlog.CommitWriter(os.path.join(self.volume.root, "log"), self.seq, dict(header, kind=kind),
+                                        on_batch=on_batch)
+        for name, size in self.adopted:
+            commit.add({"t": "pack", "name": name, "size": size})
+        self._commit, self._named = commit, 0
+        self._name_packs()
+        return commit
 
     def finish_commit(self, commit: commitlog.CommitWriter) -> int:
-        """Publish the packs, then the commit naming them, then apply it to the catalog."""
+        """Publish the packs, then the commit naming them (the last ones now),
+        then apply it to the catalog."""
         self.flush_pack()
         self.settle_packs()
-        for name, size in self.adopted + self.packs:
-            commit.add({"t": "pack", "name": name, "size": size})
+        self._name_packs()
+        self._commit = None
         crashpoint("mid-commit")
         self.publish_commit(commit)
         crashpoint("commit-published")
@@ -577,6 +595,7 @@ class VolumeWriter:
     def discard(self, remove_packs: bool) -> None:
         """After a failed run: drop the unfinished pack; with remove_packs (disk full)
         also the packs this run published, so the space comes back at once."""
+        self._commit = None
         if self._applying:
             self._applying = False
             self._applier.abort()
