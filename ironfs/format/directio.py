@@ -196,14 +196,16 @@ def _take_stage() -> mmap.mmap:
     fault on first touch, which for a backup's packs cost as much as the page
     cache they bypass."""
     with _spare_lock:
-        if _spare_stages:
-            return _spare_stages.pop()
+        while _spare_stages:
+            stage = _spare_stages.pop()
+            if len(stage) == Writer.STAGE:   # (a test may change the size)
+                return stage
     return buffer(Writer.STAGE)
 
 
 def _give_stage(stage) -> None:
     with _spare_lock:
-        if len(_spare_stages) < SPARE_STAGES:
+        if len(_spare_stages) < SPARE_STAGES and len(stage) == Writer.STAGE:
             _spare_stages.append(stage)
 
 
