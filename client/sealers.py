@@ -143,7 +143,7 @@ class SealWorkers:
         self.held = deque()   # (future of the write of its blobs, slot)
         context = Context(sealer, self.memory, max_blob, self.slot_size)
         # two workers more than cores: while one waits for its read, another seals
-        self.pool = Workers(workers or (os.cpu_count() or 2) + 4, lambda: context, name="seal")   # forked: inherit it
+        self.pool = Workers(workers or (os.cpu_count() or 2) + 2, lambda: context, name="seal")   # forked: inherit it
 
     def submit(self, job, *args):
         """(future, slot) of a job; the caller has made sure a slot is free."""
