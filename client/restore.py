@@ -11,7 +11,7 @@ import logging
 import os
 import stat
 from collections import OrderedDict, deque
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from client.fsmeta import apply_metadata
@@ -326,7 +326,7 @@ class Restore:
 
     def _wait_any(self, futures) -> None:
         """Wait for one of `futures` or of the running parts to end; start more parts."""
-        wait(set(futures) | self._parts_running, return_when=FIRST_COMPLETED)
+        self._workers.wait_first(set(futures) | self._parts_running)
         self._running = {f for f in self._running if not f.done()}
         self._pump()
 
