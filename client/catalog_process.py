@@ -2,24 +2,77 @@
 
 Applying a snapshot's records to the SQLite catalog costs about 40 µs a file
 (paths, versions, contents): for 20,000 files most of a second, which came
-after everything else and alone. Here a process forked with the backup's
-workers applies the records batch by batch while the commit is written, inside
-one transaction that it commits once the commit file is published. A crash at
-any moment leaves the catalog at the previous commit (the transaction dies
-with the process) and the next open catches up from the log, as before. If
-anything goes wrong in the process, the backup applies the published commit
-from its file itself, the usual way. (A thread doing the same under the
-backup's GIL measured slower than waiting for the work at the end.)"""
+after everything else and alone. Here a worker process (client.worker_process),
+forked with the backup's other workers, applies the records batch by batch
+while the commit is written, inside one transaction that it commits once the
+commit file is published. A crash at any moment leaves the catalog at the
+previous commit (the transaction dies with the process) and the next open
+catches up from the log, as before. If anything goes wrong in the process, the
+backup applies the published commit from its file itself, the usual way. (A
+thread doing the same under the backup's GIL measured slower than waiting for
+the work at the end.)"""
 import logging
-import multiprocessing
-import os
 
 import msgpack
 
-from client.worker_process import become_worker
+from client.worker_process import WorkerDied, Workers
 from ironfs.format.catalog import Catalog
 
 logger = logging.getLogger(__name__)
+
+
+class _Applier:
+    """The worker's state: one transaction per commit, from begin to end or
+    abort. After an error it rolls back at once (the backup's own apply needs
+    the write lock) and reports the error at end."""
+
+    def __init__(self, volume):
+        self.volume, self.catalog, self.seq, self.error, self.open = volume, None, None, None, False
+
+    def _fail(self, exc: Exception) -> None:
+        self.error = self.error or f"{type(exc).__name__}: {exc}"
+        if self.open:
+            self.open = False
+            if self.catalog.db.in_transaction:   # SQLite may have rolled it back itself
+                self.catalog.db.execute("ROLLBACK")
+
+
+def _begin(state: _Applier, seq: int) -> None:
+    state.seq, state.error = seq, None
+    try:
+        state.catalog = state.catalog or Catalog(state.volume.catalog_path)
+        state.open = state.catalog.begin_apply(seq)
+        if not state.open:
+            state.error = f"commit {seq} was applied already"
+    except Exception as exc:  # noqa: BLE001 - reported at end; the backup applies the commit itself
+        state._fail(exc)
+
+
+def _records(state: _Applier, packed: bytes) -> None:
+    if not state.open:
+        return
+    try:
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(packed), 1 << 20))
+        unpacker.feed(packed)
+        state.catalog.apply_records(state.seq, (r for r in unpacker if r["t"] != "end"), state.volume.pack_index)
+    except Exception as exc:  # noqa: BLE001 - as above
+        state._fail(exc)
+
+
+def _end(state: _Applier) -> str | None:
+    """Commit the transaction; the error met, if any."""
+    if state.open:
+        state.open = False
+        try:
+            state.catalog.end_apply(state.seq)
+        except Exception as exc:  # noqa: BLE001 - as above
+            state._fail(exc)
+    return state.error
+
+
+def _abort(state: _Applier) -> None:
+    if state.open:
+        state._fail(RuntimeError("the run was given up"))
 
 
 class CatalogProcess:
@@ -27,93 +80,41 @@ class CatalogProcess:
     this process has no other thread (client.worker_process.safe_to_fork)."""
 
     def __init__(self, volume):
-        self._conn, child = multiprocessing.Pipe()
-        self._process = multiprocessing.get_context("fork").Process(
-            target=_serve, args=(child, os.getpid(), volume), name="catalog", daemon=True)
-        self._process.start()
-        child.close()
+        self._workers = Workers(1, lambda: _Applier(volume), name="catalog")
         self._broken = False
 
-    def _send(self, message) -> None:
+    def _submit(self, fn, *args):
         if self._broken:
-            return
+            return None
         try:
-            self._conn.send(message)
+            return self._workers.submit(fn, *args)
         except OSError as exc:   # the process is gone: the commit is applied the usual way
             logger.warning("the catalog process stopped (%s); the catalog is brought up to date at the end", exc)
             self._broken = True
+            return None
 
     def begin(self, seq: int) -> None:
-        self._send(("begin", seq))
+        self._submit(_begin, seq)
 
     def feed(self, packed: bytes) -> None:
-        self._send(("records", packed))
+        self._submit(_records, packed)
 
     def finish(self) -> bool:
         """The commit is published: True once the process has committed it."""
-        self._send(("end",))
-        if self._broken:
+        job = self._submit(_end)
+        if job is None:
             return False
         try:
-            error = self._conn.recv()
-        except (EOFError, OSError) as exc:
-            error = f"it stopped ({exc!r})"
+            error = job.result()
+        except (WorkerDied, OSError) as exc:
+            error = f"it stopped ({exc})"
             self._broken = True
         if error is not None:
             logger.warning("the catalog process could not apply the commit: %s; applying it from the log", error)
         return error is None
 
     def abort(self) -> None:
-        self._send(("abort",))
+        self._submit(_abort)
 
     def close(self) -> None:
-        self._send(("close",))
-        self._conn.close()
-        self._process.join(10)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
-
-
-def _serve(conn, parent: int, volume) -> None:
-    """The process: one transaction per commit, from "begin" to "end" or "abort".
-    After an error it rolls back at once (the backup's own apply needs the
-    write lock) and reports the error at "end"."""
-    if not become_worker(parent):
-        return
-    catalog, seq, error, open_ = None, None, None, False
-    while True:
-        try:
-            message = conn.recv()
-        except EOFError:
-            return
-        op = message[0]
-        try:
-            if op == "begin":
-                seq, error = message[1], None
-                catalog = catalog or Catalog(volume.catalog_path)
-                open_ = catalog.begin_apply(seq)
-                if not open_:
-                    error = f"commit {seq} was applied already"
-            elif op == "records" and open_:
-                unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(message[1]), 1 << 20))
-                unpacker.feed(message[1])
-                catalog.apply_records(seq, (r for r in unpacker if r["t"] != "end"), volume.pack_index)
-            elif op == "end":
-                if open_:
-                    open_ = False
-                    catalog.end_apply(seq)
-                conn.send(error)
-            elif op == "abort" and open_:
-                open_ = False
-                catalog.db.execute("ROLLBACK")
-            elif op == "close":
-                return
-        except Exception as exc:  # noqa: BLE001 - reported at "end"; the backup applies the commit itself
-            error = error or f"{type(exc).__name__}: {exc}"
-            if open_:
-                open_ = False
-                if catalog.db.in_transaction:   # SQLite may have rolled it back itself
-                    catalog.db.execute("ROLLBACK")
-            if op == "end":
-                conn.send(error)
+        self._workers.shutdown()

@@ -3,6 +3,7 @@
 if it fails the commit is applied from the log as usual, losing nothing."""
 import os
 import signal
+import time
 
 import pytest
 
@@ -71,11 +72,18 @@ def test_a_process_killed_mid_commit_leaves_it_to_the_backup(volume):
     commit is published): nothing of it stays, and the published commit is
     applied from the log."""
     applier = CatalogProcess(volume)
+    assert applier._workers.processes
+    pid = applier._workers._workers[0].pid
+
+    def kill():
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] != "Z" and time.monotonic() < deadline:
+            time.sleep(0.01)   # dead, not yet reaped: the pool reaps it on close
     try:
         with volume.writer() as writer:
             writer.apply_live(applier)
-            seq = write_snapshot(volume, writer, b"x", before_finish=lambda: (
-                os.kill(applier._process.pid, signal.SIGKILL), applier._process.join()))
+            seq = write_snapshot(volume, writer, b"x", before_finish=kill)
     finally:
         applier.close()
     assert volume.refresh().applied_seq == seq
