@@ -14,7 +14,7 @@ import os
 
 from cffi import FFI
 
-SOURCES = ["delta.c", "blake2b.c"]
+SOURCES = ["delta.c", "blake2b.c", "rollsum_simd.c"]
 HEADERS = ["delta.h", "blake2b.h", "blake2b_x4.h", "rollsum.h"]
 
 CDEF = """
