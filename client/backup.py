@@ -39,6 +39,7 @@ MAX_INFLIGHT = 16                # jobs queued at once (each up to READ_CHUNK: 8
 SMALL_BATCH = 16                 # small files per worker job: fewer messages to the workers
 SPOOL_IN_MEMORY = 32 << 20       # literal data of a delta kept in memory before spilling to a temp file
 LANE_DEPTH = 8                   # file chunks queued for the hash lane (x 1 MiB of memory)
+LARGE_WAITING = 2                # large files whose runs wait to be interleaved with small files
 SWITCH_INTERVAL = 0.0005         # seconds a thread waits for the GIL before asking for it (default 0.005)
 
 
@@ -119,6 +120,7 @@ class Backup:
                        "errors": []}
         self._pending: deque = deque()
         self._small: list = []
+        self._large: deque = deque()   # (runs to submit, what to do after them) per large file: _store_whole
         self._buffers: list = []   # read buffers of a delta-encoded file, free for reuse
         self.volume_root = os.fsencode(volume.root)
 
@@ -225,6 +227,8 @@ class Backup:
                 for source in self._roots():
                     self._walk_root(source)
                 self._flush_small()
+                while self._large:
+                    self._advance_large()
                 self._drain()
                 for path in self.cache.unseen(self.run_id):
                     self.commit.add({"t": "del", "p": path})
@@ -374,6 +378,7 @@ class Backup:
         except OSError as exc:
             self._unreadable(abspath, exc)
             return
+        runs = None
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             stored = None
@@ -383,7 +388,7 @@ class Backup:
                 except Fallback:
                     pass
             if stored is None:
-                stored = self._store_whole(fd, abspath, st)
+                runs, stored = self._store_whole(fd, abspath, st)
         except OSError as exc:
             self._unreadable(abspath, exc)
             return
@@ -397,7 +402,12 @@ class Backup:
                 self._unreadable(abspath, exc)
                 return
             self._add_content(content, rel, st, rec, old)
-        self._emit(finish)
+        if runs is None:
+            self._emit(finish)
+            return
+        self._large.append((runs, finish))
+        while len(self._large) > LARGE_WAITING:
+            self._advance_large()
 
     def _add_content(self, content: dict, rel: bytes, st, rec: dict, old) -> None:
         rec["size"] = content["size"]
@@ -419,6 +429,16 @@ class Backup:
                     r = (r[0], self._from_slot(slot, r[1]))
                 self._small_done(r, *b)
         self._submit(sealers.seal_files, ([(b[0], b[2].st_size) for b in batch],), done)
+        if self._large:
+            self._advance_large()
+
+    def _advance_large(self) -> None:
+        """Submit the next run of the oldest file waiting in _large; once a file's
+        runs are all submitted, queue its record after them."""
+        runs, finish = self._large[0]
+        if next(runs, None) is None:
+            self._large.popleft()
+            self._emit(finish)
 
     def _small_done(self, result, abspath: bytes, rel: bytes, st, rec: dict, old) -> None:
         if isinstance(result, OSError):
@@ -453,25 +473,33 @@ class Backup:
     def _store_whole(self, fd: int, abspath: bytes, st):
         """Store a file as grid-aligned blobs; chunks wholly in a hole are not read.
         The workers read runs of chunks (each its own, in parallel) and name, sign
-        and seal their blobs; returns the resolver of the content."""
+        and seal their blobs. Returns (runs, resolver of the content): `runs`
+        submits the jobs one run per step, so that the walk can interleave them
+        with batches of small files. A large file's reads and writes keep the disk
+        busy while small files keep the cores busy; one after the other, the
+        cores idled through the first and the disk through the second."""
         size = st.st_size
         block_size = delta.block_size_for(size) if size >= DELTA_MIN_SIZE else None
         holes = HoleMap(fd, st)
         pieces = []   # per run of grid chunks: (job, length asked for), or (None, length) for a hole
-        pos = 0
-        while pos < size:
-            length = min(self.max_blob, size - pos)
-            if holes.covers(pos, length):
-                pieces.append((None, length))
-                pos += length
-                continue
-            run = length   # several grid chunks at once when no hole interrupts them
-            while run < READ_CHUNK and pos + run < size and not holes.covers(pos + run, min(self.max_blob, size - pos - run)):
-                run += min(self.max_blob, size - pos - run)
-            fut = self._submit(sealers.seal_chunks, (abspath, st.st_dev, st.st_ino, pos, run, block_size),
-                               self._chunks_done)
-            pieces.append((fut, run))
-            pos += run
+
+        def runs():
+            pos = 0
+            while pos < size:
+                length = min(self.max_blob, size - pos)
+                if holes.covers(pos, length):
+                    pieces.append((None, length))
+                    pos += length
+                    continue
+                run = length   # several grid chunks at once when no hole interrupts them
+                while run < READ_CHUNK and pos + run < size and \
+                        not holes.covers(pos + run, min(self.max_blob, size - pos - run)):
+                    run += min(self.max_blob, size - pos - run)
+                fut = self._submit(sealers.seal_chunks, (abspath, st.st_dev, st.st_ino, pos, run, block_size),
+                                   self._chunks_done)
+                pieces.append((fut, run))
+                pos += run
+                yield run
 
         def resolve() -> dict:
             hasher = ContentHasher(self.key, self.max_blob)
@@ -496,7 +524,7 @@ class Backup:
             sig = delta.Signature(block_size, hasher.size, b"".join(records)).to_bytes() if block_size else None
             return {"t": "content", "id": hasher.digest(), "size": hasher.size, "ext": extents,
                     "sig": self._store_signature(sig, None), "bs": block_size}
-        return resolve
+        return runs(), resolve
 
     def _chunks_done(self, slot: int, result) -> None:
         """Main thread, in order: a run of chunks read and sealed by a worker."""
