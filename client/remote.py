@@ -8,7 +8,7 @@ message rather than silently trusted.
 
 httpx is imported where a server is first called: it (and the rich and
 pygments it pulls in) is a tenth of a second that a backup to a local folder
-need not pay."""
+need not pay. So are ssl and urllib.request: 0.05 s more with cold caches."""
 from __future__ import annotations
 
 import base64
@@ -17,9 +17,7 @@ import json
 import logging
 import os
 import socket
-import ssl
 import time
-import urllib.request
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
@@ -29,6 +27,8 @@ from ironfs.errors import IroncoreError, UsageError
 from ironfs.format.fsutil import write_atomic
 
 if TYPE_CHECKING:
+    import ssl
+
     import httpx
 
 logger = logging.getLogger(__name__)
@@ -72,6 +72,7 @@ class ProxyRefused(IroncoreError):
 def proxy_for(host: str) -> str | None:
     """The proxy the standard settings (HTTPS_PROXY, ALL_PROXY, NO_PROXY) give for https to
     `host`, as httpx reads them; None for a direct connection."""
+    import urllib.request
     proxies = urllib.request.getproxies_environment()
     proxy = proxies.get("https") or proxies.get("all")
     if not proxy or urllib.request.proxy_bypass_environment(host, proxies):
@@ -121,6 +122,7 @@ def tunnel(proxy: str, host: str, port: int, timeout: float = 10) -> socket.sock
 
 def fetch_certificate(host: str, port: int) -> str:
     """The server's certificate as it presents it (through the proxy when one is set)."""
+    import ssl
     proxy = proxy_for(host)
     try:
         if proxy is None:
@@ -137,12 +139,14 @@ def fetch_certificate(host: str, port: int) -> str:
 
 
 def fingerprint(cert_pem: str) -> str:
+    import ssl
     return hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert_pem)).hexdigest()
 
 
 def pinned_context(cert_pem: str) -> ssl.SSLContext:
     """Trust this one certificate and nothing else (host names are not checked:
     the pin is stronger than a name)."""
+    import ssl
     ctx = ssl.create_default_context(cadata=cert_pem)
     ctx.check_hostname = False
     return ctx
