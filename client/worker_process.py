@@ -174,7 +174,7 @@ class Workers:
     (default `count`) threads sharing the state `thread_state()` (default
     `make_state()`) returns here, closed (if it has a close) on shutdown; a job
     comes back as a Future. A Job answers what a Future does, but for waiting
-on several at once: that is `wait_first`.
+    on several at once: that is `wait_first`.
 
     ProcessPoolExecutor did the same with two threads of this process between
     the caller and the workers, whose Python took about 0.4 s of CPU and turns
