@@ -13,6 +13,7 @@ import fnmatch
 import functools
 import logging
 import os
+import secrets
 import sys
 import tempfile
 import time
@@ -122,6 +123,9 @@ class Backup:
         self._small: list = []
         self._large: deque = deque()   # (runs to submit, what to do after them) per large file: _store_whole
         self._buffers: list = []   # read buffers of a delta-encoded file, free for reuse
+        self._link_groups: dict[tuple, int] = {}   # (st_dev, st_ino) -> hard-link group, files with links only
+        self._groups_taken: set[int] = set()       # the values of _link_groups
+        self._link_content: dict[int, tuple] = {}  # group -> (content id, size, mtime_ns) once recorded
         self.volume_root = os.fsencode(volume.root)
 
     # --- pipeline ------------------------------------------------------------------
@@ -346,9 +350,41 @@ class Backup:
         if old is None or old[6] != digest:
             self.commit.add(rec)
         self.cache.put(rel, self.run_id, rec["k"], st, digest, content)
+        if "h" in rec:
+            self._link_content[rec["h"]] = (content, st.st_size, st.st_mtime_ns)
 
     # --- files ------------------------------------------------------------------------
+    def _link_group(self, st) -> int:
+        """The hard-link group of a file with other links: the number the same inode
+        had in the last snapshot if no other group of this run took it (so that an
+        unchanged file's version stays as it was), else a new random one."""
+        key = (st.st_dev, st.st_ino)
+        group = self._link_groups.get(key)
+        if group is None:
+            group = self._previous_link_group(st)
+            while group is None or group in self._groups_taken:
+                group = secrets.randbits(63) or None
+            self._link_groups[key] = group
+            self._groups_taken.add(group)
+        return group
+
+    def _previous_link_group(self, st) -> int | None:
+        if not self.cache_had_entries:
+            return None
+        row = self.cache.by_inode(st.st_dev, st.st_ino)
+        entry = self.volume.catalog().lookup(row[0], self.cache.seq) if row is not None else None
+        return entry.link if entry is not None else None
+
     def _file(self, abspath: bytes, rel: bytes, st, rec: dict) -> None:
+        if st.st_nlink > 1:
+            rec["h"] = self._link_group(st)
+            known = self._link_content.get(rec["h"])
+            if known is not None and known[0] is not None and known[1:] == (st.st_size, st.st_mtime_ns):
+                old = self.cache.get(rel)   # another link of a file read in this run: not read again
+                self.report["files_new" if old is None else "files_unchanged" if old[7] == known[0]
+                            else "files_changed"] += 1
+                self._record(rel, st, rec, known[0], old)
+                return
         old = self.cache.get(rel)
         if old is not None and old[0] == "f" and old[7] is not None and old[7] not in self.unsound \
                 and (old[1], old[2], old[3], old[4], old[5]) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns,

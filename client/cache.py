@@ -123,9 +123,12 @@ class FileCache:
 
 
 def version_digest(rec: dict) -> bytes:
-    """A stable digest of a version's stored fields (path excluded)."""
+    """A stable digest of a version's stored fields (path excluded); the link group
+    counts only where there is one, so versions recorded before groups keep theirs."""
     fields = [rec.get(k) for k in ("k", "mode", "uid", "gid", "user", "group", "mtime_ns", "size", "c", "target",
                                    "x", "rdev")]
+    if rec.get("h") is not None:
+        fields.append(rec["h"])
     return hashlib.blake2b(msgpack.packb(fields, use_bin_type=True), digest_size=16).digest()
 
 
@@ -133,4 +136,4 @@ def entry_digest(e) -> bytes:
     """version_digest of a catalog Entry, equal to that of the record it came from."""
     return version_digest({"k": e.kind, "mode": e.mode, "uid": e.uid, "gid": e.gid, "user": e.user, "group": e.group,
                            "mtime_ns": e.mtime_ns, "size": e.size, "c": e.content, "target": e.target,
-                           "x": e.xattrs or None, "rdev": e.rdev})
+                           "x": e.xattrs or None, "rdev": e.rdev, "h": e.link})

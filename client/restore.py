@@ -77,24 +77,11 @@ class FileWriter:
         self.pool.shutdown(wait=True)
         os.close(self.top)
 
-    def _folder(self, prefix: bytes) -> int:
-        fd = os.dup(self.top)
-        try:
-            for name in split_path(prefix) if prefix else ():
-                if not safe_name(name):
-                    raise OSError(errno.EINVAL, "unsafe name in the catalog; refused")
-                parent, fd = fd, os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-                os.close(parent)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
     def small_files(self, prefix: bytes, files: list, fresh: bool) -> list:
         """A batch of small files of one folder, their blobs read together;
         reports (rel, error, bytes, warnings) per file."""
         try:
-            dir_fd = self._folder(prefix)
+            dir_fd = open_folder(self.top, prefix)
         except OSError as exc:
             return [(rel, exc.strerror or str(exc), 0, []) for _, rel in files]
         try:
@@ -117,7 +104,7 @@ class FileWriter:
         file offset `start`, a grid boundary), its blobs read ahead by the read
         pool; reports (rel, error, bytes, chunk ids of the part)."""
         try:
-            dir_fd = self._folder(prefix)
+            dir_fd = open_folder(self.top, prefix)
             try:
                 fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
             finally:
@@ -232,6 +219,8 @@ class Restore:
         self._parts_running: set = set()
         self._parts_bytes = 0              # bytes of the parts not started yet
         self._walking = True
+        self._link_firsts: dict[int, LinkFirst] = {}   # hard-link group -> its first file in this restore
+        self._top = None                               # the target, open while the restore runs
         self._workers = self._start_workers()
 
     def _start_workers(self) -> Workers:
@@ -255,7 +244,7 @@ class Restore:
     def run(self, path: str | None = None) -> dict:
         catalog = self.volume.refresh()
         catalog.prefetch()
-        top = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY)
+        top = self._top = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY)
         opened = []
         try:
             if path:
@@ -365,6 +354,9 @@ class Restore:
                 if isinstance(fut, LargeFile):
                     self._finish_large(fut)
                     continue
+                if isinstance(fut, HardLink):
+                    self._finish_link(fut)
+                    continue
                 while not fut.done():
                     self._wait_any([fut])
                 self._collect(fut)
@@ -389,7 +381,9 @@ class Restore:
         batch, batch_bytes = [], 0
         for entry in catalog.iter_dir(parent_id, self.snapshot):
             rel = prefix + b"/" + entry.name if prefix else entry.name
-            if entry.kind == "f" and entry.size <= SMALL_FILE and safe_name(entry.name):
+            if entry.kind == "f" and entry.link is not None and safe_name(entry.name):
+                self._linked_file(dir_fd, prefix, entry, rel, fresh, jobs)
+            elif entry.kind == "f" and entry.size <= SMALL_FILE and safe_name(entry.name):
                 batch.append((entry, rel))
                 batch_bytes += entry.size
                 if len(batch) >= self.volume.read_shape.files or batch_bytes >= SMALL_FILE:
@@ -400,6 +394,56 @@ class Restore:
         if batch:
             self._submit(jobs, FileWriter.small_files, prefix, batch, fresh)
         return jobs
+
+    def _linked_file(self, dir_fd: int, prefix: bytes, entry, rel: bytes, fresh: bool, jobs: list) -> None:
+        """A file of a hard-link group. The first of its group that the restore meets
+        is written, in a job of its own so that the job exists at once; the others
+        become links to it once it is done (HardLink, in their folders' jobs)."""
+        first = self._link_firsts.get(entry.link)
+        if first is not None:
+            jobs.append(HardLink(dir_fd, entry, rel, fresh, first))
+            return
+        before = len(jobs)
+        if entry.size <= SMALL_FILE:
+            self._submit(jobs, FileWriter.small_files, prefix, [(entry, rel)], fresh)
+        else:
+            self._large_file(dir_fd, entry, rel, fresh, jobs)
+        self._link_firsts[entry.link] = LinkFirst(rel, jobs[-1] if len(jobs) > before else None)
+
+    def _finish_link(self, link: "HardLink") -> None:
+        """Link a later file of a group to the group's first file, both below the
+        target (linkat follows no symlink); if the first could not be written,
+        neither can this one."""
+        first = link.first
+        if not self._written(first):
+            self._fail(link.rel, f"not restored: {os.fsdecode(first.rel)}, which it is a hard link of, "
+                                 "could not be restored")
+            return
+        folder, _, name = first.rel.rpartition(b"/")
+        try:
+            src = open_folder(self._top, folder)
+            try:
+                if not link.fresh:
+                    remove_existing(link.dir_fd, link.entry.name)
+                os.link(name, link.entry.name, src_dir_fd=src, dst_dir_fd=link.dir_fd, follow_symlinks=False)
+            finally:
+                os.close(src)
+        except OSError as exc:
+            self._fail(link.rel, exc.strerror or str(exc))
+            return
+        self.report["files"] += 1
+
+    def _written(self, first: "LinkFirst") -> bool:
+        """Wait for the job writing a group's first file; True if it is whole."""
+        job = first.job
+        if job is None:
+            return False
+        if isinstance(job, LargeFile):
+            self._finish_large(job)
+            return job.whole
+        while not job.done():
+            self._wait_any([job])
+        return any(rel == first.rel and error is None for rel, error, _, _ in job.result())
 
     def _large_file(self, parent_fd: int, entry, rel: bytes, fresh: bool, jobs: list) -> None:
         """Make a large file at its full size and write its parts (SEGMENT bytes
@@ -434,9 +478,13 @@ class Restore:
 
     def _finish_large(self, large: "LargeFile") -> None:
         """Once every part is written: check the file against its content id and
-        set its metadata, or remove it and say why (never leave it short)."""
+        set its metadata, or remove it and say why (never leave it short). Called
+        again (for a hard link to it), it does nothing."""
+        if large.finished:
+            return
         while len(large.parts) < large.count or not all(f.done() for f in large.parts):
             self._wait_any(large.parts)
+        large.finished = True
         ids, error, written = [], None, 0
         for fut in large.parts:
             for _, part_error, nbytes, part_ids in fut.result():
@@ -457,6 +505,7 @@ class Restore:
         if error:
             self._fail(large.rel, error)
             return
+        large.whole = True
         self.report["files"] += 1
         self.report["bytes"] += large.entry.size
         for w in warnings:
@@ -516,6 +565,25 @@ class LargeFile:
     content: dict | None
     parts: list     # the jobs of the parts started so far, in file order
     count: int      # parts in all
+    finished: bool = False   # checked and given its metadata, or removed
+    whole: bool = False      # written, checked and kept
+
+
+@dataclass(eq=False)
+class LinkFirst:
+    """The first file of a hard-link group met by a restore, which the others link to."""
+    rel: bytes
+    job: object     # the small-file job or LargeFile writing it; None if it could not be started
+
+
+@dataclass(eq=False)
+class HardLink:
+    """A later file of a hard-link group, linked once its group's first file is done."""
+    dir_fd: int     # its folder, open until the folder's jobs are done
+    entry: object
+    rel: bytes
+    fresh: bool
+    first: LinkFirst
 
 
 def segments(extents: list, size: int):
@@ -536,6 +604,22 @@ def segments(extents: list, size: int):
             pos += length
     if part:
         yield start, part
+
+
+def open_folder(top: int, prefix: bytes) -> int:
+    """A folder below the target (`top`), by its path, opened one name at a time
+    without following a symlink."""
+    fd = os.dup(top)
+    try:
+        for name in split_path(prefix) if prefix else ():
+            if not safe_name(name):
+                raise OSError(errno.EINVAL, "unsafe name in the catalog; refused")
+            parent, fd = fd, os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(parent)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def remove_existing(parent_fd: int, name: bytes) -> None:

@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS contents(id BLOB PRIMARY KEY, size INTEGER NOT NULL, 
 CREATE TABLE IF NOT EXISTS paths(id INTEGER PRIMARY KEY, parent INTEGER NOT NULL, name BLOB NOT NULL, UNIQUE(parent, name));
 CREATE TABLE IF NOT EXISTS versions(id INTEGER PRIMARY KEY, path INTEGER NOT NULL, born INTEGER NOT NULL, died INTEGER,
     kind TEXT NOT NULL, mode INTEGER, uid INTEGER, gid INTEGER, user TEXT, grp TEXT, mtime_ns INTEGER,
-    size INTEGER, content BLOB, target BLOB, xattrs BLOB, rdev INTEGER);
+    size INTEGER, content BLOB, target BLOB, xattrs BLOB, rdev INTEGER, link INTEGER);
 CREATE INDEX IF NOT EXISTS versions_path ON versions(path, born);
 CREATE INDEX IF NOT EXISTS versions_content ON versions(content);
 """
@@ -44,7 +44,9 @@ DERIVED_TABLES = {
     "paths": "id", "versions": "id",
 }
 
-VERSION_COLUMNS = "kind, mode, uid, gid, user, grp, mtime_ns, size, content, target, xattrs, rdev"
+VERSION_COLUMNS = "kind, mode, uid, gid, user, grp, mtime_ns, size, content, target, xattrs, rdev, link"
+# hard-link groups: only linked files have a `link`, so the index stays small
+LINK_INDEX = "CREATE INDEX IF NOT EXISTS versions_link ON versions(link) WHERE link IS NOT NULL"
 
 
 @dataclass(frozen=True)
@@ -66,16 +68,18 @@ class Entry:
     xattrs: list
     rdev: int | None
     born: int
+    link: int | None = None   # hard-link group: files of a snapshot with the same one are one file
 
     @classmethod
     def from_row(cls, row) -> "Entry":
-        (path_id, name, born, kind, mode, uid, gid, user, grp, mtime_ns, size, content, target, xattrs, rdev) = row
+        (path_id, name, born, kind, mode, uid, gid, user, grp, mtime_ns, size, content, target, xattrs, rdev,
+         link) = row
         return cls(path_id, bytes(name), kind, mode, uid, gid, user, grp, mtime_ns, size,
-                   content, target, msgpack.unpackb(xattrs) if xattrs else [], rdev, born)
+                   content, target, msgpack.unpackb(xattrs) if xattrs else [], rdev, born, link)
 
 
 ENTRY_SELECT = ("SELECT p.id, p.name, v.born, v.kind, v.mode, v.uid, v.gid, v.user, v.grp, v.mtime_ns, v.size, "
-                "v.content, v.target, v.xattrs, v.rdev FROM paths p JOIN versions v ON v.path = p.id ")
+                "v.content, v.target, v.xattrs, v.rdev, v.link FROM paths p JOIN versions v ON v.path = p.id ")
 LIVE_AT = "v.born <= :s AND (v.died IS NULL OR v.died > :s)"
 # contents that some snapshot still listed (not forgotten) uses: what gc keeps
 LIVE_CONTENTS = ("SELECT DISTINCT v.content FROM versions v WHERE v.content IS NOT NULL AND EXISTS ("
@@ -103,6 +107,7 @@ class Catalog:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=OFF")
         self.db.executescript(SCHEMA)
+        self._add_link_column()
         row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if row is None:
             self.db.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)", (SCHEMA_VERSION,))
@@ -110,6 +115,18 @@ class Catalog:
             raise VolumeFormatError(f"Catalog schema {row[0]} is not {SCHEMA_VERSION}.")
         self._dir_ids: dict[bytes, int] = {}
         self._made: set[int] = set()   # path ids inserted by the commit being applied
+
+    def _add_link_column(self) -> None:
+        """A catalog made before hard links were recorded gains the (last) column;
+        its rows keep NULL, which is right: no commit before then names a group."""
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(versions)")}
+        if "link" not in columns:
+            try:
+                self.db.execute("ALTER TABLE versions ADD COLUMN link INTEGER")
+            except sqlite3.OperationalError as exc:   # another process added it first
+                if "duplicate column" not in str(exc):
+                    raise
+        self.db.execute(LINK_INDEX)
 
     def close(self) -> None:
         self.db.close()
@@ -263,11 +280,14 @@ class Catalog:
         if not made:   # a path made just now has no versions yet (path ids are never reused)
             self.db.execute("UPDATE versions SET died=? WHERE path=? AND died IS NULL", (seq, pid))
         xattrs = rec.get("x")
+        link = rec.get("h")
+        if link is not None and (type(link) is not int or rec["k"] != "f"):
+            raise CorruptData(f"Commit {seq} gives {rec['p']!r} a link group {link!r} that is not a file's number.")
         self.db.execute(
-            f"INSERT INTO versions(path, born, {VERSION_COLUMNS}) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO versions(path, born, {VERSION_COLUMNS}) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (pid, seq, rec["k"], rec.get("mode"), rec.get("uid"), rec.get("gid"), rec.get("user"),
              rec.get("group"), rec.get("mtime_ns"), rec.get("size", 0), rec.get("c"), rec.get("target"),
-             msgpack.packb(xattrs) if xattrs else None, rec.get("rdev")))
+             msgpack.packb(xattrs) if xattrs else None, rec.get("rdev"), link))
 
     def _rec_del(self, seq, rec, _):
         pid = self._path_id(rec["p"], create=False)
@@ -343,6 +363,13 @@ class Catalog:
                 return None
             parent = entry.path_id
         return entry
+
+    def link_group(self, link: int, snapshot: int) -> tuple[int, int]:
+        """(how many paths of hard-link group `link` live in `snapshot`, the smallest
+        of their path ids): a file's link count, and one inode number for the group."""
+        count, first = self.db.execute("SELECT count(*), min(v.path) FROM versions v WHERE v.link = :l AND "
+                                       + LIVE_AT, {"l": link, "s": snapshot}).fetchone()
+        return count, first
 
     def content(self, cid: bytes):
         row = self.db.execute("SELECT size, extents, sig, block_size FROM contents WHERE id=?", (cid,)).fetchone()

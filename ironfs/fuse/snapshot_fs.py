@@ -144,7 +144,11 @@ class SnapshotFS(pyfuse3.Operations):
             attr = self._virtual_attr(inode, stat.S_IFDIR, 0o555)
             attr.entry_timeout = attr.attr_timeout = STORED_TIMEOUT
             return attr
-        return self._entry_attr(inode, entry)
+        attr = self._entry_attr(inode, entry)
+        if entry.link is not None:   # hard links: their count, and the inode of the group's smallest path id
+            attr.st_nlink, first = volume.catalog().link_group(entry.link, seq)
+            attr.st_ino = pack_inode(set_no, seq, first)
+        return attr
 
     def _latest_target(self, volume) -> bytes:
         names = list(self._snapshot_names(volume))
