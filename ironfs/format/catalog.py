@@ -96,6 +96,15 @@ def split_path(path: bytes) -> list[bytes]:
     return parts
 
 
+def check_link_group(rec: dict) -> int | None:
+    """The hard-link group of a version record: absent, or a file's number in 1 .. 2^63-1."""
+    link = rec.get("h")
+    if link is not None and (type(link) is not int or not 0 < link < 1 << 63 or rec.get("k") != "f"):
+        raise CorruptData(f"Version record of {rec.get('p')!r} has a link group {link!r} that is not a file's "
+                          "number.")
+    return link
+
+
 class Catalog:
     """One SQLite connection to a volume's catalog. Not shared between threads:
     each thread opens its own (WAL lets readers run beside the one writer)."""
@@ -280,9 +289,7 @@ class Catalog:
         if not made:   # a path made just now has no versions yet (path ids are never reused)
             self.db.execute("UPDATE versions SET died=? WHERE path=? AND died IS NULL", (seq, pid))
         xattrs = rec.get("x")
-        link = rec.get("h")
-        if link is not None and (type(link) is not int or rec["k"] != "f"):
-            raise CorruptData(f"Commit {seq} gives {rec['p']!r} a link group {link!r} that is not a file's number.")
+        link = check_link_group(rec)
         self.db.execute(
             f"INSERT INTO versions(path, born, {VERSION_COLUMNS}) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (pid, seq, rec["k"], rec.get("mode"), rec.get("uid"), rec.get("gid"), rec.get("user"),

@@ -15,7 +15,7 @@ import msgpack
 import zstandard
 
 from ironfs.errors import CorruptData, VolumeFormatError
-from ironfs.format.catalog import split_path
+from ironfs.format.catalog import check_link_group, split_path
 from ironfs.format.fsutil import discard, publish, raise_if_full, tmp_name
 
 MAGIC = b"IRONCMIT"
@@ -76,9 +76,12 @@ class CommitWriter:
         self.add(dict(header, t="commit", format=1, seq=seq))
 
     def add(self, record: dict) -> None:
-        """Append a record; a path that could escape a folder is refused before it is written."""
+        """Append a record; a path that could escape a folder, or a link group that is
+        not a file's number, is refused before it is written."""
         if "p" in record:
             split_path(record["p"])
+        if "h" in record:
+            check_link_group(record)
         self._pending += self._packer.pack(record)
         self._count += 1
         if len(self._pending) >= BATCH:
