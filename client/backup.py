@@ -349,43 +349,41 @@ class Backup:
             old = self.cache.get(rel)
         if old is None or old[6] != digest:
             self.commit.add(rec)
-        self.cache.put(rel, self.run_id, rec["k"], st, digest, content)
+        self.cache.put(rel, self.run_id, rec["k"], st, digest, content, rec.get("h"))
         if "h" in rec:
             self._link_content[rec["h"]] = (content, st.st_size, st.st_mtime_ns)
 
     # --- files ------------------------------------------------------------------------
-    def _link_group(self, st) -> int:
-        """The hard-link group of a file with other links: the number the same inode
-        had in the last snapshot if no other group of this run took it (so that an
-        unchanged file's version stays as it was), else a new random one."""
+    def _link_group(self, st, old) -> int:
+        """The hard-link group of a file with other links (`old`: its cache row). The
+        group its inode had in the last snapshot (through this path, else another)
+        is kept unless a group of this run took it first, so that an unchanged
+        file's version stays as it was; else a new random number. Only the same
+        inode keeps a group: a path kept from before (unreadable) may still hold it."""
         key = (st.st_dev, st.st_ino)
         group = self._link_groups.get(key)
-        if group is None:
-            group = self._previous_link_group(st)
-            while group is None or group in self._groups_taken:
-                group = secrets.randbits(63) or None
-            self._link_groups[key] = group
-            self._groups_taken.add(group)
+        if group is not None:
+            return group
+        group = old[8] if old is not None and (old[4], old[5]) == (st.st_ino, st.st_dev) else None
+        if (group is None or group in self._groups_taken) and self.cache_had_entries:
+            row = self.cache.by_inode(st.st_dev, st.st_ino)
+            group = row[4] if row is not None else None
+        while group is None or group in self._groups_taken:
+            group = secrets.randbits(63) or None
+        self._link_groups[key] = group
+        self._groups_taken.add(group)
         return group
 
-    def _previous_link_group(self, st) -> int | None:
-        if not self.cache_had_entries:
-            return None
-        row = self.cache.by_inode(st.st_dev, st.st_ino)
-        entry = self.volume.catalog().lookup(row[0], self.cache.seq) if row is not None else None
-        return entry.link if entry is not None else None
-
     def _file(self, abspath: bytes, rel: bytes, st, rec: dict) -> None:
+        old = self.cache.get(rel)
         if st.st_nlink > 1:
-            rec["h"] = self._link_group(st)
+            rec["h"] = self._link_group(st, old)
             known = self._link_content.get(rec["h"])
             if known is not None and known[0] is not None and known[1:] == (st.st_size, st.st_mtime_ns):
-                old = self.cache.get(rel)   # another link of a file read in this run: not read again
                 self.report["files_new" if old is None else "files_unchanged" if old[7] == known[0]
                             else "files_changed"] += 1
-                self._record(rel, st, rec, known[0], old)
+                self._record(rel, st, rec, known[0], old)   # another link of a file read in this run
                 return
-        old = self.cache.get(rel)
         if old is not None and old[0] == "f" and old[7] is not None and old[7] not in self.unsound \
                 and (old[1], old[2], old[3], old[4], old[5]) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns,
                                                                  st.st_ino, st.st_dev):

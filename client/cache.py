@@ -16,7 +16,8 @@ from ironfs.format.catalog import ROOT
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);
 CREATE TABLE IF NOT EXISTS entries(path BLOB PRIMARY KEY, run INTEGER NOT NULL, kind TEXT NOT NULL,
-    size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER, dev INTEGER, vdigest BLOB, content BLOB);
+    size INTEGER, mtime_ns INTEGER, ctime_ns INTEGER, ino INTEGER, dev INTEGER, vdigest BLOB, content BLOB,
+    link INTEGER);
 CREATE INDEX IF NOT EXISTS entries_ino ON entries(dev, ino);
 """
 
@@ -31,6 +32,8 @@ class FileCache:
         self.db = sqlite3.connect(self.path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
+        if "link" not in {r[1] for r in self.db.execute("PRAGMA table_info(entries)")}:
+            self.db.execute("ALTER TABLE entries ADD COLUMN link INTEGER")   # a cache from before link groups
         self.volume_id = volume_id
         self._puts: dict[bytes, tuple] = {}   # rows not yet written: one executemany per PUT_BATCH
         self._empty = False                   # no entries before this run: every get() is None
@@ -52,7 +55,7 @@ class FileCache:
     def _flush(self) -> None:
         if self._puts:
             rows, self._puts = self._puts.values(), {}
-            self.db.executemany("INSERT OR REPLACE INTO entries VALUES(?,?,?,?,?,?,?,?,?,?)", rows)
+            self.db.executemany("INSERT OR REPLACE INTO entries VALUES(?,?,?,?,?,?,?,?,?,?,?)", rows)
 
     def commit(self, seq: int) -> None:
         self._flush()
@@ -70,17 +73,18 @@ class FileCache:
             return row[2:]
         if self._empty:
             return None
-        return self.db.execute("SELECT kind, size, mtime_ns, ctime_ns, ino, dev, vdigest, content FROM entries "
+        return self.db.execute("SELECT kind, size, mtime_ns, ctime_ns, ino, dev, vdigest, content, link FROM entries "
                                "WHERE path=?", (path,)).fetchone()
 
     def by_inode(self, dev: int, ino: int):
         self._flush()
-        return self.db.execute("SELECT path, size, mtime_ns, content FROM entries WHERE dev=? AND ino=? AND kind='f' "
-                               "LIMIT 1", (dev, ino)).fetchone()
+        return self.db.execute("SELECT path, size, mtime_ns, content, link FROM entries WHERE dev=? AND ino=? "
+                               "AND kind='f' LIMIT 1", (dev, ino)).fetchone()
 
-    def put(self, path: bytes, run: int, kind: str, st: os.stat_result | None, vdigest: bytes, content: bytes | None):
+    def put(self, path: bytes, run: int, kind: str, st: os.stat_result | None, vdigest: bytes, content: bytes | None,
+            link: int | None = None):
         self._puts[path] = (path, run, kind, st and st.st_size, st and st.st_mtime_ns, st and st.st_ctime_ns,
-                            st and st.st_ino, st and st.st_dev, vdigest, content)
+                            st and st.st_ino, st and st.st_dev, vdigest, content, link)
         if len(self._puts) >= PUT_BATCH:
             self._flush()
 
@@ -110,8 +114,9 @@ class FileCache:
                 parent, prefix = stack.pop()
                 for e in catalog.iter_dir(parent, snapshot):
                     path = prefix + b"/" + e.name if prefix else e.name
-                    self.db.execute("INSERT INTO entries(path, run, kind, size, mtime_ns, vdigest, content) "
-                                    "VALUES(?,0,?,?,?,?,?)", (path, e.kind, e.size, e.mtime_ns, digest_of(e), e.content))
+                    self.db.execute("INSERT INTO entries(path, run, kind, size, mtime_ns, vdigest, content, link) "
+                                    "VALUES(?,0,?,?,?,?,?,?)",
+                                    (path, e.kind, e.size, e.mtime_ns, digest_of(e), e.content, e.link))
                     if e.kind == "d":
                         stack.append((e.path_id, path))
         self.db.execute("INSERT OR REPLACE INTO meta VALUES('seq', ?)", (snapshot,))

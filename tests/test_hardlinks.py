@@ -127,6 +127,17 @@ def change_links(src: Path, rnd: random.Random) -> None:
         f.write(rnd.randbytes(500))
 
 
+def files_born(catalog_db: Path, seq: int, src: Path) -> set[str]:
+    """Paths below src of the file versions recorded by snapshot `seq`."""
+    from ironfs.format.catalog import Catalog
+    catalog = Catalog(str(catalog_db))
+    try:
+        pids = [r[0] for r in catalog.db.execute("SELECT path FROM versions WHERE kind = 'f' AND born = ?", (seq,))]
+        return {os.path.relpath(os.fsdecode(catalog.full_path(pid)), str(src).lstrip("/")) for pid in pids}
+    finally:
+        catalog.close()
+
+
 def file_versions(catalog_db: Path) -> int:
     """Versions of files recorded so far (folders above the source change with the test's own folder)."""
     db = sqlite3.connect(catalog_db)
@@ -150,7 +161,11 @@ def test_local_set_restores_links_across_incrementals(env, tmp_path):
 
     rnd = random.Random(42)
     change_links(src, rnd)
-    env.backup_json()
+    assert env.backup_json()["snapshot"] == 2
+    # new versions only where a file changed, gained or lost its group: the other
+    # links of the groups that changed kept theirs
+    assert files_born(env.volume / "catalog.db", 2, src) == {"b/m5", "a/plain07-link", "d/plain07", "a/pair",
+                                                              "a/shared-in", "b/c/shared-in"}
     copy2 = copy_with_links(src, tmp_path / "copy2")
     for snapshot, copy in (("latest", copy2), ("1", copy1)):
         out = tmp_path / f"out-{snapshot}"
