@@ -189,10 +189,26 @@ def test_local_set_restores_links_across_incrementals(env, tmp_path):
     assert alone.st_nlink == 1 and alone.st_size == 301_017
     assert (env.restored(one, src / "d" / "m2")).read_bytes() == (src / "d" / "m1").read_bytes()
 
-    # a restore over an earlier restore of the same snapshot replaces its files with links
-    over = tmp_path / "out-latest"
-    env.ironcore("restore", "s", "--to", over)
-    assert_restored_linked(copy2, env.restored(over, src))
+    # a restore over an earlier restore of the same snapshot replaces its files with
+    # links, also where symlinks to a file outside the target were put in their place
+    over = env.restored(tmp_path / "out-latest", src)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"not to be touched")
+    for rel in ("b/m5", "d/m3", "b/c/big"):
+        (over / rel).unlink()
+        os.symlink(victim, over / rel)
+    env.ironcore("restore", "s", "--to", tmp_path / "out-latest")
+    assert_restored_linked(copy2, over)
+    assert victim.read_bytes() == b"not to be touched" and os.stat(victim).st_nlink == 1
+
+    # `ironcore mount` of the local set shows the same groups
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env.ironcore("mount", "s", mnt)
+    try:
+        assert_mount_shows_links(mnt / "s" / "latest" / str(src).lstrip("/"), copy2)
+    finally:
+        unmount(mnt)
 
 
 def stat_tool(paths: list[Path]) -> dict[Path, tuple[int, int]]:
@@ -266,10 +282,10 @@ def test_server_set_restore_decrypt_mount_and_webdav_agree(env, server, tmp_path
 
 
 def test_a_catalog_from_before_link_groups_upgrades_and_verifies(env, tmp_path):
-    """A volume made before link groups existed: its catalog has no `link` column
-    (made here by dropping it: the commits of such a volume are what a tree
-    without links gives today). It opens, verifies clean against a rebuild, and
-    the next backups record the links made since."""
+    """A volume made before link groups existed: its catalog and the client's file
+    cache have no `link` column (made here by dropping them: the commits of such
+    a volume are what a tree without links gives today). It opens, verifies clean
+    against a rebuild, and the next backups record the links made since."""
     src = tmp_path / "src"
     src.mkdir()
     for i in range(12):
@@ -281,7 +297,13 @@ def test_a_catalog_from_before_link_groups_upgrades_and_verifies(env, tmp_path):
     db.execute("ALTER TABLE versions DROP COLUMN link")
     db.commit()
     db.close()
+    (cache,) = (env.home / "cache").glob("*.db")
+    db = sqlite3.connect(cache)
+    db.execute("ALTER TABLE entries DROP COLUMN link")
+    db.commit()
+    db.close()
     env.ironfs("verify", env.volume)
+    assert env.backup_json()["files_unchanged"] == 12
     os.link(src / "f3", src / "f3-link")
     os.link(src / "f3", src / "f3-again")
     env.backup_json()
