@@ -11,7 +11,7 @@ import sqlite3
 
 import msgpack
 
-from ironfs.format.catalog import ROOT
+from ironfs.format.catalog import ROOT, add_missing_column
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value);
@@ -32,8 +32,7 @@ class FileCache:
         self.db = sqlite3.connect(self.path, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
-        if "link" not in {r[1] for r in self.db.execute("PRAGMA table_info(entries)")}:
-            self.db.execute("ALTER TABLE entries ADD COLUMN link INTEGER")   # a cache from before link groups
+        add_missing_column(self.db, "entries", "link INTEGER")   # a cache from before link groups
         self.volume_id = volume_id
         self._puts: dict[bytes, tuple] = {}   # rows not yet written: one executemany per PUT_BATCH
         self._empty = False                   # no entries before this run: every get() is None

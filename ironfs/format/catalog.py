@@ -96,6 +96,19 @@ def split_path(path: bytes) -> list[bytes]:
     return parts
 
 
+def add_missing_column(db, table: str, column: str) -> None:
+    """Give a table made by an older version the column (declared as "name TYPE")
+    that SCHEMA now ends it with; its rows get NULL."""
+    name = column.split()[0]
+    if name in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+        return
+    try:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+    except sqlite3.OperationalError as exc:   # another process added it first
+        if "duplicate column" not in str(exc):
+            raise
+
+
 def check_link_group(rec: dict) -> int | None:
     """The hard-link group of a version record: absent, or a file's number in 1 .. 2^63-1."""
     link = rec.get("h")
@@ -116,7 +129,8 @@ class Catalog:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA foreign_keys=OFF")
         self.db.executescript(SCHEMA)
-        self._add_link_column()
+        add_missing_column(self.db, "versions", "link INTEGER")   # a catalog from before link groups: NULL, right
+        self.db.execute(LINK_INDEX)
         row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
         if row is None:
             self.db.execute("INSERT OR IGNORE INTO meta VALUES('schema', ?)", (SCHEMA_VERSION,))
@@ -124,18 +138,6 @@ class Catalog:
             raise VolumeFormatError(f"Catalog schema {row[0]} is not {SCHEMA_VERSION}.")
         self._dir_ids: dict[bytes, int] = {}
         self._made: set[int] = set()   # path ids inserted by the commit being applied
-
-    def _add_link_column(self) -> None:
-        """A catalog made before hard links were recorded gains the (last) column;
-        its rows keep NULL, which is right: no commit before then names a group."""
-        columns = {r[1] for r in self.db.execute("PRAGMA table_info(versions)")}
-        if "link" not in columns:
-            try:
-                self.db.execute("ALTER TABLE versions ADD COLUMN link INTEGER")
-            except sqlite3.OperationalError as exc:   # another process added it first
-                if "duplicate column" not in str(exc):
-                    raise
-        self.db.execute(LINK_INDEX)
 
     def close(self) -> None:
         self.db.close()
