@@ -273,12 +273,7 @@ class SnapshotFS(pyfuse3.Operations):
 
     @failing_as_eio
     async def read(self, fh, off, size):
-        reader = self.open_files[fh]
-
-        def pread():
-            reader.seek(off)
-            return reader.read(size)
-        return await trio.to_thread.run_sync(pread)
+        return await trio.to_thread.run_sync(self.open_files[fh].read_at, off, size)
 
     async def release(self, fh):
         self.open_files.pop(fh, None)
