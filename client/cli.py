@@ -440,7 +440,7 @@ def passwd(password_stdin):
 @click.argument("name")
 @click.argument("mountpoint", type=click.Path(exists=True, file_okay=False))
 @click.option("--foreground", is_flag=True, help="Stay in the foreground (default: detach once mounted).")
-@click.option("--allow-other", is_flag=True, help="Let other users in too (the stored modes still apply).")
+@click.option("--allow-other", is_flag=True, help="Let other users in too (the stored modes and POSIX ACLs still apply).")
 @password_stdin
 def mount(name, mountpoint, foreground, allow_other, password_stdin):
     """Mount set NAME read-only at MOUNTPOINT (latest and snapshots/<UTC name>),

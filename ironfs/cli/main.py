@@ -264,7 +264,7 @@ def snapshots_command(account_name, set_name, data_root, as_json):
 @click.argument("mountpoint", type=click.Path(exists=True, file_okay=False))
 @data_root_option
 @click.option("--foreground", is_flag=True, help="Stay in the foreground (default: detach once mounted).")
-@click.option("--allow-other", is_flag=True, help="Let other users in too (the stored modes still apply).")
+@click.option("--allow-other", is_flag=True, help="Let other users in too (the stored modes and POSIX ACLs still apply).")
 @click.option("--password-stdin", is_flag=True,
               help="Read the account password or a set's key from standard input, to read file contents.")
 def mount(account_name, mountpoint, data_root, foreground, allow_other, password_stdin):

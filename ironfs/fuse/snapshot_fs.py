@@ -68,7 +68,7 @@ class SnapshotFS(pyfuse3.Operations):
 
     supports_dot_lookup = False
     enable_writeback_cache = False
-    enable_acl = False
+    enable_acl = True   # the kernel checks the stored system.posix_acl_access (got through getxattr) too
 
     def __init__(self, sets: dict):
         super().__init__()
