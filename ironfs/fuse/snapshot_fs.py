@@ -37,7 +37,7 @@ KIND_BITS = {"f": stat.S_IFREG, "d": stat.S_IFDIR, "l": stat.S_IFLNK, "p": stat.
              "c": stat.S_IFCHR, "b": stat.S_IFBLK}
 VIRTUAL_TIMEOUT = 1.0     # seconds the kernel may cache virtual entries: new snapshots show up quickly
 STORED_TIMEOUT = 300.0    # a stored entry never changes
-REFRESH_EVERY = 1.0       # seconds between looks for new snapshots
+REFRESH_EVERY = 2.0       # seconds between looks for new snapshots (a GET of the log head for a server set)
 KILLED_POLL = 0.2         # seconds between looks at whether a waiting reader is being killed
 SIGKILL_BIT = 1 << (signal.SIGKILL - 1)
 
