@@ -15,7 +15,7 @@ from client.progress import maybe_progress
 from client.restore import Restore
 from ironfs.format.retention import WEEKDAYS, Policy
 from ironfs.format.snapshots import resolve_snapshot
-from ironfs.cli.edge import print_json, print_snapshots, run_cli
+from ironfs.cli.edge import print_json, print_snapshots, read_timeout_option, run_cli
 from ironfs.errors import NotFound, UsageError
 from ironfs.format.volume import Volume, is_volume
 from ironfs.store.sets import check_set_name
@@ -440,9 +440,10 @@ def passwd(password_stdin):
 @click.argument("name")
 @click.argument("mountpoint", type=click.Path(exists=True, file_okay=False))
 @click.option("--foreground", is_flag=True, help="Stay in the foreground (default: detach once mounted).")
-@click.option("--allow-other", is_flag=True, help="Let other users in too (the stored modes still apply).")
+@click.option("--allow-other", is_flag=True, help="Let other users in too (the stored modes and POSIX ACLs still apply).")
+@read_timeout_option
 @password_stdin
-def mount(name, mountpoint, foreground, allow_other, password_stdin):
+def mount(name, mountpoint, foreground, allow_other, read_timeout, password_stdin):
     """Mount set NAME read-only at MOUNTPOINT (latest and snapshots/<UTC name>),
     decrypting here with the set's key; works for private-key sets too."""
     from ironfs.fuse.snapshot_fs import SnapshotFS, mount_and_serve
@@ -452,7 +453,11 @@ def mount(name, mountpoint, foreground, allow_other, password_stdin):
         volume.server.close()
 
     def make_fs():
-        return SnapshotFS({name: open_set_volume(name, password_stdin=False)[1] if bset.on_server else volume})
+        served = volume
+        if bset.on_server:
+            served = open_set_volume(name, password_stdin=False)[1]
+            served.server.retry_seconds = read_timeout   # a read gives up after that, retries included
+        return SnapshotFS({name: served}, read_timeout)
 
     def log_to_home():
         import logging

@@ -200,6 +200,7 @@ class ServerClient:
                                  limits=httpx.Limits(max_connections=16), trust_env=True)   # HTTPS_PROXY etc.
         self.bucket: TokenBucket | None = None
         self.bytes_sent = 0     # upload bodies (packs, commits), retries included
+        self.retry_seconds = RETRY_SECONDS   # a call's whole time, retries and waits for answers included
 
     def limit_uploads(self, bytes_per_second: int | None) -> None:
         """Upload bodies keep to this rate from now on (None: no limit)."""
@@ -228,17 +229,21 @@ class ServerClient:
         raise_for(response)
         return response
 
-    def call(self, method: str, path: str, retry_for: float = RETRY_SECONDS, body=None, **kw) -> httpx.Response:
+    def call(self, method: str, path: str, retry_for: float | None = None, body=None, **kw) -> httpx.Response:
         """`request`, retried with growing pauses while the server is unreachable or
-        answers 5xx, for up to `retry_for` seconds (a restarted server, a network blip).
+        answers 5xx, for up to `retry_for` seconds (default `retry_seconds`: a restarted
+        server, a network blip); no attempt waits for its answer past that deadline.
         `body` is a callable giving a fresh request body (an iterable of bytes) for each
         attempt; it goes out through the upload limit, if any."""
-        deadline = time.monotonic() + retry_for
+        import httpx
+        deadline = time.monotonic() + (self.retry_seconds if retry_for is None else retry_for)
         pause = 0.25
         while True:
             try:
                 if body is not None:
                     kw["content"] = throttled(body(), self.bucket, self._count)
+                left = max(deadline - time.monotonic(), 0.1)
+                kw["timeout"] = httpx.Timeout(min(TIMEOUT, left), connect=min(CONNECT_TIMEOUT, left))
                 return self.request(method, path, **kw)
             except (Unreachable, ServerError) as exc:
                 retryable = isinstance(exc, Unreachable) or exc.status in (500, 502, 503, 504)

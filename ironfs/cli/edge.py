@@ -28,6 +28,14 @@ def print_snapshots(snaps: list[dict], as_json: bool) -> None:
         click.echo(f"{s['seq']:>6}  {s['name']}  {s.get('host') or '':<16} {', '.join(s.get('sources', []))}")
 
 
+MOUNT_READ_TIMEOUT = 20.0   # seconds; docs/OPERATIONS.md "Mounting snapshots as folders"
+
+read_timeout_option = click.option(
+    "--read-timeout", type=click.FloatRange(min=1), default=MOUNT_READ_TIMEOUT, show_default=True,
+    metavar="SECONDS", help="A read through the mount that waits longer than this for its data "
+                            "(a server outage) fails with EIO.")
+
+
 def setup_logging() -> None:
     level = os.environ.get("IRONCORE_LOG", "WARNING").upper()
     logging.basicConfig(level=getattr(logging, level, logging.WARNING), stream=sys.stderr,

@@ -6,7 +6,7 @@ from importlib.metadata import entry_points
 
 import click
 
-from ironfs.cli.edge import print_json, print_snapshots, run_cli
+from ironfs.cli.edge import print_json, print_snapshots, read_timeout_option, run_cli
 from ironfs.errors import UsageError, WrongSecret
 from ironfs.format.verify import verify_volume
 from ironfs.format.volume import Volume, is_volume
@@ -264,10 +264,11 @@ def snapshots_command(account_name, set_name, data_root, as_json):
 @click.argument("mountpoint", type=click.Path(exists=True, file_okay=False))
 @data_root_option
 @click.option("--foreground", is_flag=True, help="Stay in the foreground (default: detach once mounted).")
-@click.option("--allow-other", is_flag=True, help="Let other users in too (the stored modes still apply).")
+@click.option("--allow-other", is_flag=True, help="Let other users in too (the stored modes and POSIX ACLs still apply).")
+@read_timeout_option
 @click.option("--password-stdin", is_flag=True,
               help="Read the account password or a set's key from standard input, to read file contents.")
-def mount(account_name, mountpoint, data_root, foreground, allow_other, password_stdin):
+def mount(account_name, mountpoint, data_root, foreground, allow_other, read_timeout, password_stdin):
     """Mount the sets of ACCOUNT_NAME read-only at MOUNTPOINT: <set>/latest and
     <set>/snapshots/<UTC name>. Without a secret (stdin or IRONFS_PASSWORD) names
     and sizes are shown but file contents cannot be read."""
@@ -292,7 +293,7 @@ def mount(account_name, mountpoint, data_root, foreground, allow_other, password
                           "Give the account password (login key slots) or a set's private key.")
     click.echo(f"Mounting {len(volumes)} sets of {account_name} at {mountpoint}"
                + (f"; contents readable for: {', '.join(opened)}" if opened else "; names and sizes only") + ".")
-    mount_and_serve(lambda: SnapshotFS(volumes), mountpoint, foreground, allow_other,
+    mount_and_serve(lambda: SnapshotFS(volumes, read_timeout), mountpoint, foreground, allow_other,
                     lambda: log_to_data_root(sets.root))
 
 

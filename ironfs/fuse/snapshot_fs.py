@@ -6,9 +6,13 @@
 Inode numbers are computed, not remembered: (set number, snapshot, path id)
 packed into 64 bits, so they are stable while mounted and listing a snapshot
 of a million files keeps nothing per file in memory. Catalog queries are
-quick indexed lookups made on the trio thread; decryption and pack reads run
-in worker threads, one open file each, so a slow read does not stall others.
-A handler that fails answers EIO for that call only; every write answers EROFS."""
+quick indexed lookups made on the trio thread, in the catalog as it is here;
+new snapshots are taken in by a background task every REFRESH_EVERY seconds,
+so a slow or unreachable server delays them, never a FUSE call. Decryption and
+pack reads run in worker threads, so a slow read does not stall others; a read
+gives up with EIO after `read_timeout` seconds (a server outage), and at once
+when the process that opened the file is being killed. A handler that fails
+answers EIO for that call only; every write answers EROFS."""
 import errno
 import logging
 import os
@@ -33,6 +37,9 @@ KIND_BITS = {"f": stat.S_IFREG, "d": stat.S_IFDIR, "l": stat.S_IFLNK, "p": stat.
              "c": stat.S_IFCHR, "b": stat.S_IFBLK}
 VIRTUAL_TIMEOUT = 1.0     # seconds the kernel may cache virtual entries: new snapshots show up quickly
 STORED_TIMEOUT = 300.0    # a stored entry never changes
+REFRESH_EVERY = 2.0       # seconds between looks for new snapshots (a GET of the log head for a server set)
+KILLED_POLL = 0.2         # seconds between looks at whether a waiting reader is being killed
+SIGKILL_BIT = 1 << (signal.SIGKILL - 1)
 
 
 def pack_inode(set_no: int, seq: int, path_id: int) -> int:
@@ -64,22 +71,47 @@ async def read_only(*_args, **_kw):
 
 
 class SnapshotFS(pyfuse3.Operations):
-    """`sets`: set name -> an opened Volume (unlocked when its key is known)."""
+    """`sets`: set name -> an opened Volume (unlocked when its key is known); `read_timeout`:
+    seconds a read may wait for its data (the CLIs' --read-timeout)."""
 
     supports_dot_lookup = False
     enable_writeback_cache = False
-    enable_acl = False
+    enable_acl = True   # the kernel checks the stored system.posix_acl_access (got through getxattr) too
 
-    def __init__(self, sets: dict):
+    def __init__(self, sets: dict, read_timeout: float):
         super().__init__()
+        self.read_timeout = read_timeout
         self.names = sorted(sets)
         if len(self.names) >= (1 << SET_BITS) - 1:
             raise IroncoreError(f"At most {(1 << SET_BITS) - 2} sets can be mounted at once.")
         self.volumes = [sets[n] for n in self.names]
-        self.open_files: dict[int, ContentReader] = {}
+        self.open_files: dict[int, tuple[ContentReader, int]] = {}   # fh -> (reader, pid of the opener)
         self.dir_cursors: dict[int, tuple] = {}
         self._next_fh = 1
         self.uid, self.gid = os.getuid(), os.getgid()
+        self.refresh_failed: set[str] = set()
+        for name, volume in zip(self.names, self.volumes):
+            self._refresh(name, volume)
+
+    def _refresh(self, name: str, volume) -> None:
+        """Take in new commits; while that fails (an unreachable server), the catalog
+        as mirrored here keeps answering. Logged when it starts and stops failing."""
+        try:
+            volume.refresh()
+        except Exception as exc:   # noqa: BLE001 - whatever fails, the mount goes on with what it has
+            if name not in self.refresh_failed:
+                logger.warning("event=refresh_failed set=%s error=%s", name, exc)
+            self.refresh_failed.add(name)
+            return
+        if name in self.refresh_failed:
+            logger.info("event=refresh_recovered set=%s", name)
+        self.refresh_failed.discard(name)
+
+    async def follow_new_snapshots(self) -> None:
+        while True:
+            await trio.sleep(REFRESH_EVERY)
+            for name, volume in zip(self.names, self.volumes):
+                await trio.to_thread.run_sync(self._refresh, name, volume, abandon_on_cancel=True)
 
     # --- inodes ---------------------------------------------------------------------
     def _volume(self, set_no: int):
@@ -88,7 +120,7 @@ class SnapshotFS(pyfuse3.Operations):
         return self.volumes[set_no - 1]
 
     def _snapshot_names(self, volume) -> dict[str, int]:
-        return snapshot_names(volume.refresh().snapshots())
+        return snapshot_names(volume.catalog().snapshots())
 
     def _virtual_attr(self, inode: int, kind: int, mode: int, size: int = 0) -> pyfuse3.EntryAttributes:
         attr = pyfuse3.EntryAttributes()
@@ -224,7 +256,7 @@ class SnapshotFS(pyfuse3.Operations):
         set_no, seq, path_id = unpack_inode(inode)
         volume = self._volume(set_no)
         if seq == 0 and path_id == ROOT:
-            children = [(b"latest", LATEST_ID), (b"snapshots", SNAPSHOTS_ID)] if volume.refresh().snapshots() \
+            children = [(b"latest", LATEST_ID), (b"snapshots", SNAPSHOTS_ID)] if volume.catalog().snapshots() \
                 else [(b"snapshots", SNAPSHOTS_ID)]
             for i, (name, pid) in enumerate(children[start:], start + 1):
                 yield i, name, pack_inode(set_no, 0, pid)
@@ -272,17 +304,43 @@ class SnapshotFS(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EIO)
         fh = self._next_fh
         self._next_fh += 1
-        self.open_files[fh] = ContentReader(volume, content)
+        self.open_files[fh] = ContentReader(volume, content), ctx.pid
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @failing_as_eio
     async def read(self, fh, off, size):
-        reader = self.open_files[fh]
+        reader, opener = self.open_files[fh]
+        return await self._bounded(opener, reader.read_at, off, size)
 
-        def pread():
-            reader.seek(off)
-            return reader.read(size)
-        return await trio.to_thread.run_sync(pread)
+    async def _bounded(self, opener: int, fn, *args):
+        """fn(*args) in a worker thread, given up with EIO after `read_timeout` seconds,
+        or with EINTR as soon as process `opener` is being killed: pyfuse3 does not pass
+        FUSE interrupts on, and the kernel keeps a killed reader until we answer."""
+        outcome: dict = {}
+        with trio.move_on_after(self.read_timeout):
+            async with trio.open_nursery() as nursery:
+                async def work():
+                    try:
+                        outcome["value"] = await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+                    except Exception as exc:   # noqa: BLE001 - raised again below, outside the nursery
+                        outcome["error"] = exc
+                    nursery.cancel_scope.cancel()
+
+                async def watch():
+                    while not being_killed(opener):
+                        await trio.sleep(KILLED_POLL)
+                    outcome["killed"] = True
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(work)
+                nursery.start_soon(watch)
+        if "value" in outcome:
+            return outcome["value"]
+        if "error" in outcome:
+            raise outcome["error"]
+        if "killed" in outcome:
+            raise pyfuse3.FUSEError(errno.EINTR)
+        logger.warning("event=read_timeout seconds=%g", self.read_timeout)
+        raise pyfuse3.FUSEError(errno.EIO)
 
     async def release(self, fh):
         self.open_files.pop(fh, None)
@@ -314,6 +372,16 @@ class SnapshotFS(pyfuse3.Operations):
     setxattr = removexattr = read_only
 
 
+def being_killed(pid: int) -> bool:
+    """True when process (or thread) `pid` has SIGKILL pending: it only waits for our answer to exit."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.startswith(("SigPnd:", "ShdPnd:")) and int(line.split()[1], 16) & SIGKILL_BIT
+                       for line in f)
+    except OSError:   # gone, or another process now holds the file
+        return False
+
+
 async def run(fs: SnapshotFS, mountpoint: str, allow_other: bool) -> None:
     """Serve until SIGINT, SIGTERM or `fusermount3 -u`; always unmount."""
     options = set(pyfuse3.default_options) | {"fsname=ironcore", "ro", "default_permissions"}
@@ -323,6 +391,7 @@ async def run(fs: SnapshotFS, mountpoint: str, allow_other: bool) -> None:
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_on_signal, nursery.cancel_scope)
+            nursery.start_soon(fs.follow_new_snapshots)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
     finally:
