@@ -10,6 +10,7 @@ The backup and restore engines run unchanged on it: the catalog answers every
 question locally, packs are uploaded as soon as they are written, the commit
 goes up last, and file data is read back with ranged requests. Nothing here
 can remove anything on the server; the server checks all it receives."""
+import contextlib
 import json
 import logging
 import os
@@ -182,6 +183,7 @@ class RemoteWriter(VolumeWriter):
     def _adopt_orphans(self) -> None:
         """Packs a run that died left here (uploaded now) or on the server: reuse them."""
         for name, path in sorted(self.volume.all_pack_files().items()):
+            self._keep_index(name, path)
             self._upload(name, path)
             self._server_orphans.append(name)
         live = {n for (n,) in self.catalog.db.execute("SELECT name FROM packs")}
@@ -198,10 +200,26 @@ class RemoteWriter(VolumeWriter):
         with open(self.remote._index_path(name), "rb") as f:
             return SIZE.unpack(f.read(SIZE.size))[0]
 
-    def _upload(self, name: str, path: str) -> None:
-        """Send one pack (streamed from its file), keep its index, drop the local copy.
-        A pack the server rejects as damaged on the way is sent again."""
+    def _keep_index(self, name: str, path: str) -> None:
+        """Keep a pack's index (read from its local file) in the mirror, before a
+        commit names the pack: the catalog process takes the pack's blobs in from
+        it while the upload may still be on its way (the server has no index yet)."""
         size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            f.seek(-packfmt.FOOTER.size, os.SEEK_END)
+            count, _ = packfmt.FOOTER.unpack(f.read(packfmt.FOOTER.size))
+            want = packfmt.FOOTER.size + count * packfmt.ENTRY.size
+            f.seek(-want, os.SEEK_END)
+            self.remote.keep_index(name, size, f.read(want))
+
+    def _publish_pack(self, writer) -> None:
+        super()._publish_pack(writer)
+        name, _ = self.packs[-1]
+        self._keep_index(name, self.volume.pack_path(name))
+
+    def _upload(self, name: str, path: str) -> None:
+        """Send one pack (streamed from its file; its index is kept already), drop
+        the local copy. A pack the server rejects as damaged on the way is sent again."""
         for attempt in range(3):
             try:
                 self._send(f"/packs/{name}", path)
@@ -210,12 +228,6 @@ class RemoteWriter(VolumeWriter):
                 if exc.status != 400 or attempt == 2 or "rejected whole" not in exc.message:
                     raise
                 logger.warning("pack %s was damaged on the way; sending it again", name)
-        with open(path, "rb") as f:
-            f.seek(-packfmt.FOOTER.size, os.SEEK_END)
-            count, _ = packfmt.FOOTER.unpack(f.read(packfmt.FOOTER.size))
-            want = packfmt.FOOTER.size + count * packfmt.ENTRY.size
-            f.seek(-want, os.SEEK_END)
-            self.remote.keep_index(name, size, f.read(want))
         if self.remote.local_copy is not None:
             self.remote.local_copy.keep_pack(name, path)
         os.unlink(path)
@@ -258,6 +270,10 @@ class RemoteWriter(VolumeWriter):
             if not fut.cancelled():
                 fut.exception()
         self._pending = []
+        if remove_packs:
+            for name, _ in self.packs:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.remote._index_path(name))
         super().discard(remove_packs)
 
     def __exit__(self, exc_type, exc, tb):
