@@ -16,6 +16,7 @@ import logging
 import msgpack
 
 from client.worker_process import WorkerDied, Workers
+from ironfs.errors import IroncoreError, MissingData
 from ironfs.format.catalog import Catalog
 
 logger = logging.getLogger(__name__)
@@ -48,13 +49,24 @@ def _begin(state: _Applier, seq: int) -> None:
         state._fail(exc)
 
 
+def _run_pack_index(state: _Applier, name: str):
+    """The index of a pack the run names: it is at hand (the run published or
+    adopted the pack), so its absence is an error here, not a pack without blobs
+    (which the catalog allows only when replaying a commit whose pack gc dropped)."""
+    try:
+        return state.volume.pack_index(name)
+    except MissingData as exc:
+        raise IroncoreError(f"the index of pack {name} of this run is not at hand ({exc.message})") from None
+
+
 def _records(state: _Applier, packed: bytes) -> None:
     if not state.open:
         return
     try:
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(packed), 1 << 20))
         unpacker.feed(packed)
-        state.catalog.apply_records(state.seq, (r for r in unpacker if r["t"] != "end"), state.volume.pack_index)
+        state.catalog.apply_records(state.seq, (r for r in unpacker if r["t"] != "end"),
+                                    lambda name: _run_pack_index(state, name))
     except Exception as exc:  # noqa: BLE001 - as above
         state._fail(exc)
 

@@ -10,6 +10,7 @@ The backup and restore engines run unchanged on it: the catalog answers every
 question locally, packs are uploaded as soon as they are written, the commit
 goes up last, and file data is read back with ranged requests. Nothing here
 can remove anything on the server; the server checks all it receives."""
+import contextlib
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from client.keys import open_volume_key
 from client.remote import ServerClient, ServerError
 from ironfs.errors import CorruptData, IroncoreError, MissingData, VolumeBusy
 from ironfs.format import log as commitlog, pack as packfmt
-from ironfs.format.fsutil import publish, tmp_name, write_atomic
+from ironfs.format.fsutil import fsync_dir, publish, raise_if_full, tmp_name, write_atomic
 from ironfs.format.volume import ReadShape, Volume, VolumeWriter
 
 logger = logging.getLogger(__name__)
@@ -95,25 +96,50 @@ class RemoteVolume(Volume):
     def _index_path(self, name: str) -> str:
         return os.path.join(self.root, "index", name)
 
-    def keep_index(self, name: str, size: int, tail: bytes) -> None:
-        write_atomic(self._index_path(name), SIZE.pack(size) + tail)
+    def keep_index(self, name: str, size: int, tail: bytes, durable: bool = True) -> None:
+        """Keep a pack's index here; not `durable`: renamed into place without
+        fsync (the caller syncs it later with sync_index, off the backup's path)."""
+        path = self._index_path(name)
+        if durable:
+            write_atomic(path, SIZE.pack(size) + tail)
+            return
+        tmp = tmp_name(os.path.dirname(path))
+        try:
+            with open(tmp, "wb") as f:
+                f.write(SIZE.pack(size) + tail)
+            os.rename(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise_if_full(exc, path)
+
+    def sync_index(self, name: str) -> None:
+        fd = os.open(self._index_path(name), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(os.path.join(self.root, "index"))
 
     def pack_index(self, name: str) -> list[packfmt.IndexEntry]:
         try:
             with open(self._index_path(name), "rb") as f:
                 raw = f.read()
+            return packfmt.parse_index(raw[SIZE.size:], SIZE.unpack_from(raw)[0], name)
         except FileNotFoundError:
-            try:
-                response = self.server.call("GET", self.api(f"/packs/{name}/index"))
-            except ServerError as exc:
-                if exc.status == 404:   # dropped by gc since the commit that named it
-                    raise MissingData(f"Pack {name} is no longer on the server.") from None
-                raise
-            size, tail = int(response.headers["Ironcore-Pack-Size"]), response.content
-            entries = packfmt.parse_index(tail, size, name)
-            self.keep_index(name, size, tail)
-            return entries
-        return packfmt.parse_index(raw[SIZE.size:], SIZE.unpack_from(raw)[0], name)
+            pass
+        except (CorruptData, struct.error):   # cut short by a crash before it was synced: fetch it again
+            logger.warning("the kept index of pack %s is damaged; fetching it again", name)
+        try:
+            response = self.server.call("GET", self.api(f"/packs/{name}/index"))
+        except ServerError as exc:
+            if exc.status == 404:   # dropped by gc since the commit that named it
+                raise MissingData(f"Pack {name} is no longer on the server.") from None
+            raise
+        size, tail = int(response.headers["Ironcore-Pack-Size"]), response.content
+        entries = packfmt.parse_index(tail, size, name)
+        self.keep_index(name, size, tail)
+        return entries
 
     def read_sealed(self, pack: str, offset: int, length: int) -> bytes:
         key = (pack, offset, length)
@@ -182,6 +208,7 @@ class RemoteWriter(VolumeWriter):
     def _adopt_orphans(self) -> None:
         """Packs a run that died left here (uploaded now) or on the server: reuse them."""
         for name, path in sorted(self.volume.all_pack_files().items()):
+            self._keep_index(name, path)
             self._upload(name, path)
             self._server_orphans.append(name)
         live = {n for (n,) in self.catalog.db.execute("SELECT name FROM packs")}
@@ -198,10 +225,28 @@ class RemoteWriter(VolumeWriter):
         with open(self.remote._index_path(name), "rb") as f:
             return SIZE.unpack(f.read(SIZE.size))[0]
 
-    def _upload(self, name: str, path: str) -> None:
-        """Send one pack (streamed from its file), keep its index, drop the local copy.
-        A pack the server rejects as damaged on the way is sent again."""
+    def _keep_index(self, name: str, path: str) -> None:
+        """Keep a pack's index (read from its local file) in the mirror, before a
+        commit names the pack: the catalog process takes the pack's blobs in from
+        it while the upload may still be on its way (the server has no index yet)."""
         size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            f.seek(-packfmt.FOOTER.size, os.SEEK_END)
+            count, _ = packfmt.FOOTER.unpack(f.read(packfmt.FOOTER.size))
+            want = packfmt.FOOTER.size + count * packfmt.ENTRY.size
+            f.seek(-want, os.SEEK_END)
+            self.remote.keep_index(name, size, f.read(want), durable=False)   # synced by _upload
+
+    def _publish_pack(self, writer) -> None:
+        super()._publish_pack(writer)
+        name, _ = self.packs[-1]
+        self._keep_index(name, self.volume.pack_path(name))
+
+    def _upload(self, name: str, path: str) -> None:
+        """Send one pack (streamed from its file; its index is kept already, and
+        synced here before the commit naming the pack can go up), drop the local
+        copy. A pack the server rejects as damaged on the way is sent again."""
+        self.remote.sync_index(name)
         for attempt in range(3):
             try:
                 self._send(f"/packs/{name}", path)
@@ -210,12 +255,6 @@ class RemoteWriter(VolumeWriter):
                 if exc.status != 400 or attempt == 2 or "rejected whole" not in exc.message:
                     raise
                 logger.warning("pack %s was damaged on the way; sending it again", name)
-        with open(path, "rb") as f:
-            f.seek(-packfmt.FOOTER.size, os.SEEK_END)
-            count, _ = packfmt.FOOTER.unpack(f.read(packfmt.FOOTER.size))
-            want = packfmt.FOOTER.size + count * packfmt.ENTRY.size
-            f.seek(-want, os.SEEK_END)
-            self.remote.keep_index(name, size, f.read(want))
         if self.remote.local_copy is not None:
             self.remote.local_copy.keep_pack(name, path)
         os.unlink(path)
@@ -258,6 +297,10 @@ class RemoteWriter(VolumeWriter):
             if not fut.cancelled():
                 fut.exception()
         self._pending = []
+        if remove_packs:
+            for name, _ in self.packs:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.remote._index_path(name))
         super().discard(remove_packs)
 
     def __exit__(self, exc_type, exc, tb):

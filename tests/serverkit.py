@@ -2,6 +2,7 @@
 server test starts with (a data root, an account, a logged-in client)."""
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -27,6 +28,15 @@ class Server:
             raise AssertionError(f"server did not start: {self.proc.stderr.read().decode()}")
         self.url = line.decode().split()[-1]
         self.port = int(self.url.rsplit(":", 1)[1])
+        # The server logs every request to stderr: read it all the time, or a run of
+        # a thousand requests fills the pipe and the server stalls on its next log line.
+        self._stderr = bytearray()
+        self._stderr_reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._stderr_reader.start()
+
+    def _read_stderr(self) -> None:
+        while chunk := self.proc.stderr.read1(1 << 16):
+            self._stderr += chunk
 
     def stop(self) -> int:
         """SIGTERM and wait; the exit code (again on later calls)."""
@@ -41,7 +51,8 @@ class Server:
 
     def output(self) -> bytes:
         """Everything the stopped server printed."""
-        return self.proc.stdout.read() + self.proc.stderr.read()
+        self._stderr_reader.join()
+        return self.proc.stdout.read() + bytes(self._stderr)
 
 
 def make_root(env, path):

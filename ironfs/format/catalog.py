@@ -225,11 +225,38 @@ class Catalog:
             entries = []
         self.db.execute("INSERT INTO packs(name, size, added) VALUES(?,?,?) ON CONFLICT(name) DO UPDATE "
                         "SET dropped=NULL, added=excluded.added", (name, rec["size"], seq))
+        self._insert_blobs(name, entries)
+
+    def _insert_blobs(self, name: str, entries) -> None:
+        """Rows for a pack's blobs: a blob some pack holds already keeps its row
+        unless that copy is damaged."""
         self.db.executemany(
             "INSERT INTO blobs(id, pack, offset, length, raw_length, type) VALUES(?,?,?,?,?,?) "
             "ON CONFLICT(id) DO UPDATE SET pack=excluded.pack, offset=excluded.offset, length=excluded.length, "
             "raw_length=excluded.raw_length, type=excluded.type, damaged=0 WHERE blobs.damaged=1",
             ((e.blob_id, name, e.offset, e.length, e.raw_length, e.type) for e in entries))
+
+    # --- checking itself against the pack indexes -----------------------------------
+    def packs_without_blobs(self) -> list[str]:
+        """Live packs that no blob row points to (one indexed probe per pack). A
+        sound catalog has none, or only packs whose every blob another pack holds."""
+        return [name for (name,) in self.db.execute(
+            "SELECT name FROM packs WHERE dropped IS NULL "
+            "AND NOT EXISTS (SELECT 1 FROM blobs WHERE blobs.pack = packs.name)")]
+
+    def restore_blobs(self, name: str, entries) -> int:
+        """Insert the rows of a listed pack's blobs that the catalog lacks, from the
+        pack's index, in one transaction; how many there were."""
+        missing = [e for e in entries if not self.has_blob(e.blob_id)]
+        if missing:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self._insert_blobs(name, missing)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        return len(missing)
 
     def _rec_content(self, seq, rec, _):
         cid = rec["id"]

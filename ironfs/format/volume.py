@@ -101,6 +101,7 @@ class Volume:
         self._fd_lock = threading.Lock()
         self._direct_ok = True
         self._span_buffers: list = []   # free aligned buffers for direct reads of spans
+        self._blobs_checked = False     # see _mend_pack_blobs
 
     # --- creation and keys -------------------------------------------------------
     @classmethod
@@ -162,7 +163,34 @@ class Volume:
         if cat is None:
             cat = self._open_catalog()
             self._local.catalog = cat
+            if not self._blobs_checked:
+                self._blobs_checked = self._mend_pack_blobs(cat)
         return cat
+
+    def _mend_pack_blobs(self, cat: Catalog) -> bool:
+        """Check the catalog against the pack indexes at hand: a pack it lists with
+        no blob row gets its blobs back from its index. (Client mirrors lost whole
+        packs so when the catalog process met a pack before its upload had landed.)
+        One indexed query when sound. False if the catalog was busy: try again later."""
+        restored = 0
+        busy_ms = cat.db.execute("PRAGMA busy_timeout").fetchone()[0]
+        cat.db.execute("PRAGMA busy_timeout=2000")   # a backup's catalog process may hold the write lock
+        try:
+            for name in cat.packs_without_blobs():
+                try:
+                    restored += cat.restore_blobs(name, self.pack_index(name))
+                except IroncoreError as exc:   # missing, damaged, or the server out of reach
+                    logger.warning("pack %s is listed without its blobs and its index cannot be read: %s",
+                                   name, exc.message)
+        except sqlite3.OperationalError as exc:
+            logger.warning("could not check the catalog of %s against its packs now: %s", self.root, exc)
+            return False
+        finally:
+            cat.db.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+        if restored:
+            logger.warning("the catalog of %s lacked %d blobs of packs it lists; taken in from their indexes",
+                           self.root, restored)
+        return True
 
     def _open_catalog(self) -> Catalog:
         try:
