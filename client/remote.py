@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 TIMEOUT, CONNECT_TIMEOUT = 60.0, 10.0
 RETRY_SECONDS = float(os.environ.get("IRONCORE_RETRY_SECONDS", 300))   # how long a backup waits out a server restart
+# how long a command someone waits at (snapshots, restore, set list ...) keeps trying
+INTERACTIVE_RETRY_SECONDS = float(os.environ.get("IRONCORE_INTERACTIVE_RETRY_SECONDS", 20))
 
 
 class CertificateChanged(IroncoreError):
@@ -188,8 +191,11 @@ class Unreachable(IroncoreError):
 class ServerClient:
     """HTTPS to one server with the pinned certificate."""
 
-    def __init__(self, url: str, cert_pem: str | None, auth=None, token: str | None = None):
+    def __init__(self, url: str, cert_pem: str | None, auth=None, token: str | None = None,
+                 retry_seconds: float = RETRY_SECONDS, notice=None):
         self.url = url.rstrip("/")
+        self.retry_seconds = retry_seconds   # the budget of `call` when the caller gives none
+        self.notice = notice                 # notice(message, seconds_left | None) while retrying; None at the end
         scheme, self.host, self.port = split_url(url)
         self.cert_pem = cert_pem
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -228,25 +234,40 @@ class ServerClient:
         raise_for(response)
         return response
 
-    def call(self, method: str, path: str, retry_for: float = RETRY_SECONDS, body=None, **kw) -> httpx.Response:
+    def call(self, method: str, path: str, retry_for: float | None = None, body=None, **kw) -> httpx.Response:
         """`request`, retried with growing pauses while the server is unreachable or
-        answers 5xx, for up to `retry_for` seconds (a restarted server, a network blip).
+        answers 5xx, for up to `retry_for` seconds (default: the client's budget; a
+        restarted server, a network blip), telling `notice` at once and at each pause.
         `body` is a callable giving a fresh request body (an iterable of bytes) for each
         attempt; it goes out through the upload limit, if any."""
-        deadline = time.monotonic() + retry_for
+        deadline = time.monotonic() + (self.retry_seconds if retry_for is None else retry_for)
         pause = 0.25
-        while True:
-            try:
-                if body is not None:
-                    kw["content"] = throttled(body(), self.bucket, self._count)
-                return self.request(method, path, **kw)
-            except (Unreachable, ServerError) as exc:
-                retryable = isinstance(exc, Unreachable) or exc.status in (500, 502, 503, 504)
-                if not retryable or time.monotonic() + pause > deadline:
-                    raise
-                logger.info("retrying %s %s in %.1f s: %s", method, path, pause, exc.message)
-                time.sleep(pause)
-                pause = min(pause * 2, 5.0)
+        noticed = False
+        try:
+            while True:
+                try:
+                    if body is not None:
+                        kw["content"] = throttled(body(), self.bucket, self._count)
+                    return self.request(method, path, **kw)
+                except (Unreachable, ServerError) as exc:
+                    retryable = isinstance(exc, Unreachable) or exc.status in (500, 502, 503, 504)
+                    if not retryable or time.monotonic() + pause > deadline:
+                        raise
+                    logger.info("retrying %s %s in %.1f s: %s", method, path, pause, exc.message)
+                    self._wait(pause, deadline, exc.message)
+                    noticed = self.notice is not None
+                    pause = min(pause * 2, 5.0)
+        finally:
+            if noticed:
+                self.notice(None, None)
+
+    def _wait(self, pause: float, deadline: float, message: str) -> None:
+        """Sleep `pause` seconds, telling `notice` each second how long is left."""
+        end = time.monotonic() + pause
+        while (left := end - time.monotonic()) > 0:
+            if self.notice is not None:
+                self.notice(message, deadline - time.monotonic())
+            time.sleep(min(left, 1.0))
 
     def close(self) -> None:
         self.http.close()
@@ -301,6 +322,34 @@ def change_password(state: dict, old: str, new: str) -> dict:
         owner.close()
 
 
-def connect() -> ServerClient:
+class RetryNotice:
+    """Tells the person at the command, on stderr, that the server does not answer and
+    that the command keeps trying: one line at once, on a terminal with a countdown."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.shown = False
+
+    def __call__(self, message: str | None, seconds_left: float | None) -> None:
+        tty = self.stream.isatty()
+        if message is None:   # the call ended: answered, or given up
+            if self.shown and tty:
+                self.stream.write("\n")
+            self.shown = False
+        elif tty:
+            self.stream.write(f"\r\x1b[K{message} Retrying, giving up in {max(0, round(seconds_left))} s "
+                              "(Ctrl-C stops).")
+            self.shown = True
+        elif not self.shown:
+            self.stream.write(f"{message} Retrying for up to {max(0, round(seconds_left))} s.\n")
+            self.shown = True
+        self.stream.flush()
+
+
+def connect(retry_seconds: float = RETRY_SECONDS) -> ServerClient:
+    """A client for the server this machine is logged in to; a call keeps trying an
+    unreachable server for `retry_seconds` (less for commands someone waits at),
+    saying so on stderr."""
     state = load_state()
-    return ServerClient(state["url"], state["cert_pem"], token=state["token"])
+    return ServerClient(state["url"], state["cert_pem"], token=state["token"], retry_seconds=retry_seconds,
+                        notice=RetryNotice())
