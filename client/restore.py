@@ -459,6 +459,8 @@ class Restore:
             return
         self.report["files"] += 1
         self.report["bytes"] += large.entry.size
+        if self.progress:
+            self.progress.entry()
         for w in warnings:
             self.report["warnings"].append({"path": os.fsdecode(large.rel), "warning": w})
 
@@ -469,6 +471,8 @@ class Restore:
                 continue
             self.report["files"] += 1
             self.report["bytes"] += nbytes
+            if self.progress:
+                self.progress.entry()
             for w in warnings:
                 self.report["warnings"].append({"path": os.fsdecode(rel), "warning": w})
 
