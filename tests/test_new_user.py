@@ -92,3 +92,168 @@ def test_two_snapshots_in_one_second_have_one_unique_name_everywhere(env, server
         target = tmp_path / f"restore-{snap['seq']}"
         env.ironcore("restore", "docs", "--snapshot", snap["name"], "--to", target, "--json")
         assert (target / str(src).lstrip("/") / "which.txt").read_text() == text
+
+
+# --- 20: a server that cannot be reached -----------------------------------------------------------
+def read_until(proc, pattern: bytes, seconds: float) -> tuple[bytes, float | None]:
+    """What `proc` wrote to its pipe until `pattern` appeared (and when), or the deadline passed."""
+    import selectors
+    seen, start = b"", time.monotonic()
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() - start < seconds:
+            if sel.select(timeout=0.2):
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                seen += chunk
+                if pattern in seen:
+                    return seen, time.monotonic() - start
+    return seen, None
+
+
+def test_an_unreachable_server_is_named_at_once_and_interactive_commands_give_up_soon(env, server, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    login(env, server.url)
+    add_server_set(env, "docs", src)
+    env.ironcore("backup", "docs", "--json")
+    server.stop()
+    run_env = dict(env.env)
+    run_env.pop("IRONCORE_RETRY_SECONDS", None)
+    run_env.pop("IRONCORE_INTERACTIVE_RETRY_SECONDS", None)
+    # on a terminal (util-linux script), with the default budget of a command someone waits at
+    started = time.monotonic()
+    tty = subprocess.Popen(["script", "-qec", f"{BIN / 'ironcore'} snapshots docs", "/dev/null"],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=run_env)
+    # a backup meanwhile (no terminal) keeps its longer budget, here shortened to 40 s
+    backup = subprocess.Popen([BIN / "ironcore", "backup", "docs"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, env=dict(run_env, IRONCORE_RETRY_SECONDS="40"))
+    try:
+        seen, after = read_until(tty, b"giving up in", 10)
+        assert after is not None and b"Cannot reach" in seen, seen   # said at once, not after the budget
+        rest, _ = read_until(tty, b"error:", 60)
+        tty.wait(timeout=10)
+        took = time.monotonic() - started
+        text = (seen + rest).decode(errors="replace")
+        assert tty.returncode != 0 and "error: Cannot reach" in text, text
+        assert 10 < took < 45, took   # the interactive budget (20 s), not the backup's 300 s
+        counts = [int(n) for n in __import__("re").findall(r"giving up in (\d+) s", text)]
+        assert len(set(counts)) >= 5 and counts == sorted(counts, reverse=True), counts   # a countdown
+        assert backup.poll() is None, "the backup gave up as soon as the interactive command"
+        said, when = read_until(backup, b"Retrying for up to", 5)
+        assert when is not None and b"Cannot reach" in said, said
+    finally:
+        for proc in (tty, backup):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+# --- 19: a source folder that has gone ---------------------------------------------------------------
+def test_a_missing_or_emptied_source_fails_the_run_and_keeps_the_last_snapshot(env, tmp_path):
+    src = tmp_path / "share"
+    (src / "sub").mkdir(parents=True)
+    for i in range(30):
+        (src / "sub" / f"f{i}.txt").write_bytes(os.urandom(1000 + i))
+    env.add_set("s", src)
+    env.backup_json("s")
+    gone = tmp_path / "share.renamed"
+    src.rename(gone)   # a renamed share, an unmounted disk
+    proc = env.ironcore("backup", "s", check=False)
+    assert proc.returncode != 0 and b"does not exist" in proc.stderr and b"--allow-empty-source" in proc.stderr, \
+        proc.stderr
+    src.mkdir()        # the empty mount point left behind
+    proc = env.ironcore("backup", "s", check=False)
+    assert proc.returncode != 0 and b"is empty" in proc.stderr, proc.stderr
+    assert len(snapshots_json(env)) == 1   # nothing was committed
+    env.ironcore("restore", "s", "--to", tmp_path / "r")
+    assert len(os.listdir(tmp_path / "r" / str(src).lstrip("/") / "sub")) == 30
+    # a set that says so backs the emptiness up
+    env.ironcore("set", "edit", "s", "--allow-empty-source")
+    assert env.backup_json("s")["deleted"] == 31
+    env.ironcore("set", "edit", "s", "--refuse-empty-source")
+    src.rmdir()
+    assert env.ironcore("backup", "s", check=False).returncode != 0
+
+
+def test_a_missing_source_fails_a_server_run_and_its_report_says_why(env, server, tmp_path):
+    src = tmp_path / "disk"
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    login(env, server.url)
+    add_server_set(env, "docs", src)
+    env.ironcore("backup", "docs", "--json")
+    (src / "a.txt").unlink()
+    src.rmdir()
+    proc = env.ironcore("backup", "docs", check=False)
+    assert proc.returncode != 0 and b"does not exist" in proc.stderr, proc.stderr
+    assert len(snapshots_json(env, "docs")) == 1
+    last = json.loads(env.ironcore("reports", "docs", "--json").stdout)[-1]
+    assert last["status"] == "failed" and "does not exist" in last["error"], last
+    env.ironcore("set", "edit", "docs", "--allow-empty-source")
+    assert json.loads(env.ironcore("backup", "docs", "--json").stdout)["files_deleted"] >= 1
+    assert len(snapshots_json(env, "docs")) == 2
+
+
+# --- 23: the small things of the command line -----------------------------------------------------------
+def on_terminal(env, command: str) -> str:
+    """`command` run on a pseudo-terminal (util-linux script): what a person sees."""
+    proc = subprocess.run(["script", "-qec", command, "/dev/null"], stdin=subprocess.DEVNULL, capture_output=True,
+                          env=env.env, timeout=120)
+    assert proc.returncode == 0, proc.stdout.decode(errors="replace")
+    return proc.stdout.decode(errors="replace")
+
+
+def test_progress_counts_the_files_of_a_small_backup_and_of_a_restore(env, tmp_path):
+    import re
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):   # fewer than the 64 the display used to wait for
+        (src / f"n{i}.txt").write_bytes(os.urandom(2000))
+    (src / "big.bin").write_bytes(os.urandom(24 << 20))   # long enough for the display to draw
+    env.add_set("s", src)
+    backed_up = on_terminal(env, f"{BIN / 'ironcore'} backup s")
+    restored = on_terminal(env, f"{BIN / 'ironcore'} restore s --to {tmp_path / 'r'}")
+    for shown in (restored, backed_up):   # the display's "N files" (not the summary's "N files, M folders")
+        counts = [int(n) for n in re.findall(r"(\d+) files(?!,)", shown)]
+        assert counts and max(counts) >= 41, shown[-2000:]
+
+
+def test_table_header_weekday_names_login_help_and_local_set_errors(env, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a")
+    env.add_set("s", src)
+    env.ironcore("backup", "s")
+    table = env.ironcore("snapshots", "s").stdout.decode().splitlines()
+    assert table[0].split() == ["SEQ", "NAME", "(UTC)", "HOST", "SOURCES"] and table[1].split()[0] == "1", table
+    # login --help speaks of the account password, not a set's
+    helptext = env.ironcore("login", "--help").stdout.decode()
+    assert "account password" in helptext and "set's password" not in helptext, helptext
+    # --weekly-on takes the short names schedules take; a local set says what to use instead
+    proc = env.ironcore("set", "edit", "s", "--keep-weekly", "4", "--weekly-on", "sat", check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "is not one of" not in err, err
+    assert f"ironfs retention apply {env.volume} --policy" in err and '"weekly_on": "saturday"' in err, err
+    proc = env.ironcore("set", "edit", "s", "--schedule", "weekly sat,mon 22:00", check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "cron" in err and "ironcore backup s" in err, err
+    bad = env.ironcore("set", "edit", "s", "--keep-weekly", "4", "--weekly-on", "someday", check=False)
+    assert bad.returncode == 2 and b"not a weekday" in bad.stderr, bad.stderr
+
+
+def test_weekly_on_short_names_reach_a_server_set(env, server, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    login(env, server.url)
+    add_server_set(env, "docs", src)
+    env.ironcore("set", "edit", "docs", "--keep-weekly", "4", "--weekly-on", "Sat", "--schedule", "weekly mon,fri 22:00")
+    info = [s for s in json.loads(env.ironcore("set", "list", "--json").stdout) if s["name"] == "docs"][0]
+    assert info["schedule"] == ["weekly mon,fri 22:00"], info
+    state = json.loads((env.home / "server.json").read_text())
+    ctx = ssl.create_default_context(cadata=state["cert_pem"])
+    with httpx.Client(base_url=server.url, verify=ctx, timeout=30) as api:
+        settings = api.get("/api/v1/sets/docs", headers={"Authorization": f"Bearer {state['token']}"}).json()["settings"]
+    assert settings["retention"]["weekly_on"] == "saturday", settings
