@@ -6,11 +6,12 @@
 # It asks nothing and runs the same with or without a terminal. The server keeps
 # running afterwards, detached; the last lines say how to use it, stop it and
 # start it again. Running the demo again starts over (stopping the old server).
+# IRONCORE_DEMO_DIR puts it elsewhere than demo/ (the tests do).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 top=$PWD
-demo=$top/demo
+demo=${IRONCORE_DEMO_DIR:-$top/demo}   # everything the demo makes is in here
 PATH=$top/.venv/bin:$PATH
 [ -f "$demo/server.pid" ] && kill "$(cat "$demo/server.pid")" 2>/dev/null || true
 rm -rf "$demo" && mkdir -p "$demo/sample/docs" "$demo/sample/data"

@@ -27,6 +27,15 @@ def add_server_set(env, name, *sources, extra=()):
     return env.ironcore(*args, input=ALICE_PW)
 
 
+def backed_up_server_set(env, server, src: Path) -> None:
+    """Server set docs of one small file, backed up once, on a logged-in machine."""
+    src.mkdir()
+    (src / "a.txt").write_text("a\n")
+    login(env, server.url)
+    add_server_set(env, "docs", src)
+    env.ironcore("backup", "docs", "--json")
+
+
 def snapshots_json(env, name="s") -> list[dict]:
     return json.loads(env.ironcore("snapshots", name, "--json").stdout)
 
@@ -113,12 +122,7 @@ def read_until(proc, pattern: bytes, seconds: float) -> tuple[bytes, float | Non
 
 
 def test_an_unreachable_server_is_named_at_once_and_interactive_commands_give_up_soon(env, server, tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "a.txt").write_text("a\n")
-    login(env, server.url)
-    add_server_set(env, "docs", src)
-    env.ironcore("backup", "docs", "--json")
+    backed_up_server_set(env, server, tmp_path / "src")
     server.stop()
     run_env = dict(env.env)
     run_env.pop("IRONCORE_RETRY_SECONDS", None)
@@ -180,11 +184,7 @@ def test_a_missing_or_emptied_source_fails_the_run_and_keeps_the_last_snapshot(e
 
 def test_a_missing_source_fails_a_server_run_and_its_report_says_why(env, server, tmp_path):
     src = tmp_path / "disk"
-    src.mkdir()
-    (src / "a.txt").write_text("a\n")
-    login(env, server.url)
-    add_server_set(env, "docs", src)
-    env.ironcore("backup", "docs", "--json")
+    backed_up_server_set(env, server, src)
     (src / "a.txt").unlink()
     src.rmdir()
     proc = env.ironcore("backup", "docs", check=False)
@@ -257,3 +257,61 @@ def test_weekly_on_short_names_reach_a_server_set(env, server, tmp_path):
     with httpx.Client(base_url=server.url, verify=ctx, timeout=30) as api:
         settings = api.get("/api/v1/sets/docs", headers={"Authorization": f"Bearer {state['token']}"}).json()["settings"]
     assert settings["retention"]["weekly_on"] == "saturday", settings
+
+
+# --- 22: the demo -------------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_demo(tmp_path: Path, folder: str, on_a_terminal: bool) -> tuple[str, Path]:
+    """scripts/demo.sh into its own folder, stdin from /dev/null, on a pseudo-terminal or not."""
+    demo = tmp_path / folder
+    env = dict(os.environ, IRONCORE_DEMO_DIR=str(demo))
+    command = ["script", "-qec", "bash scripts/demo.sh", "/dev/null"] if on_a_terminal else ["bash", "scripts/demo.sh"]
+    proc = subprocess.run(command, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, env=env, timeout=240)
+    out = (proc.stdout + proc.stderr).decode(errors="replace")
+    assert proc.returncode == 0, out[-3000:]
+    return out, demo
+
+
+def stop_demo(out: str, demo: Path) -> None:
+    pid = int((demo / "server.pid").read_text())
+    stop = out.split("Stop the server:", 1)[1].strip().splitlines()[0].strip()
+    subprocess.run(["bash", "-c", stop], check=True, timeout=30)
+    deadline = time.monotonic() + 30
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{pid}"), "the printed stop command left the server running"
+
+
+def test_the_demo_asks_nothing_and_leaves_a_server_that_its_printed_commands_reach_stop_and_start(tmp_path):
+    import hashlib
+    for folder, on_a_terminal in (("tty", True), ("pipe", False)):
+        out, demo = run_demo(tmp_path, folder, on_a_terminal)
+        try:
+            assert "Password:" not in out and "restored tree is identical to the source" in out, out[-3000:]
+            url = out.split("WebDAV:", 1)[1].split()[0]
+            assert url.startswith("https://127.0.0.1:") and url.endswith("/dav/"), url
+            cert = demo / "server" / "tls" / "cert.pem"
+            der = ssl.PEM_cert_to_DER_cert(cert.read_text())
+            assert f"{cert} (self-signed), SHA-256 {hashlib.sha256(der).hexdigest()}" in out, out[-2000:]
+            admin = out.split("Admin:", 1)[1].split("password", 1)[1].split()[0]
+            # the script has ended: its server still answers, with the credentials it printed
+            ctx = ssl.create_default_context(cafile=str(cert))
+            with httpx.Client(verify=ctx, timeout=30) as web:
+                assert web.request("PROPFIND", url.replace("127.0.0.1", "localhost") + "demo/",
+                                   headers={"Depth": "1"}, auth=("demo", "demo-password")).status_code == 207
+                assert web.get(url.replace("/dav/", "/api/v1/whoami"), auth=("admin", admin)).status_code == 200
+            exports = out.split("To use it from another shell:", 1)[1].strip().splitlines()[0].strip()
+            assert f"IRONCORE_HOME={demo / 'home'}" in exports and f"IRONFS_DATA_ROOT={demo / 'server'}" in exports
+        finally:
+            stop_demo(out, demo)
+    # the printed start command brings the last one back on its port, where the login still works
+    start = out.split("Start it again", 1)[1].splitlines()[1].strip()
+    subprocess.run(["bash", "-c", start], check=True, timeout=30)
+    try:
+        shell = f"{exports}; for i in $(seq 1 100); do ironcore snapshots demo && exit 0; sleep 0.2; done; exit 1"
+        listed = subprocess.run(["bash", "-c", shell], capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert listed.returncode == 0 and listed.stdout.decode().count(str(demo / "sample")) == 2, listed
+    finally:
+        stop_demo(out, demo)
