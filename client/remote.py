@@ -195,7 +195,7 @@ class ServerClient:
                  retry_seconds: float = RETRY_SECONDS, notice=None):
         self.url = url.rstrip("/")
         self.retry_seconds = retry_seconds   # the budget of `call` when the caller gives none
-        self.notice = notice                 # notice(message, seconds_left | None) while retrying; None at the end
+        self.notice = notice                 # notice(message, seconds_left) while `call` retries
         scheme, self.host, self.port = split_url(url)
         self.cert_pem = cert_pem
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -237,29 +237,23 @@ class ServerClient:
     def call(self, method: str, path: str, retry_for: float | None = None, body=None, **kw) -> httpx.Response:
         """`request`, retried with growing pauses while the server is unreachable or
         answers 5xx, for up to `retry_for` seconds (default: the client's budget; a
-        restarted server, a network blip), telling `notice` at once and at each pause.
+        restarted server, a network blip), telling `notice` at once and each second.
         `body` is a callable giving a fresh request body (an iterable of bytes) for each
         attempt; it goes out through the upload limit, if any."""
         deadline = time.monotonic() + (self.retry_seconds if retry_for is None else retry_for)
         pause = 0.25
-        noticed = False
-        try:
-            while True:
-                try:
-                    if body is not None:
-                        kw["content"] = throttled(body(), self.bucket, self._count)
-                    return self.request(method, path, **kw)
-                except (Unreachable, ServerError) as exc:
-                    retryable = isinstance(exc, Unreachable) or exc.status in (500, 502, 503, 504)
-                    if not retryable or time.monotonic() + pause > deadline:
-                        raise
-                    logger.info("retrying %s %s in %.1f s: %s", method, path, pause, exc.message)
-                    self._wait(pause, deadline, exc.message)
-                    noticed = self.notice is not None
-                    pause = min(pause * 2, 5.0)
-        finally:
-            if noticed:
-                self.notice(None, None)
+        while True:
+            try:
+                if body is not None:
+                    kw["content"] = throttled(body(), self.bucket, self._count)
+                return self.request(method, path, **kw)
+            except (Unreachable, ServerError) as exc:
+                retryable = isinstance(exc, Unreachable) or exc.status in (500, 502, 503, 504)
+                if not retryable or time.monotonic() + pause > deadline:
+                    raise
+                logger.info("retrying %s %s in %.1f s: %s", method, path, pause, exc.message)
+                self._wait(pause, deadline, exc.message)
+                pause = min(pause * 2, 5.0)
 
     def _wait(self, pause: float, deadline: float, message: str) -> None:
         """Sleep `pause` seconds, telling `notice` each second how long is left."""
@@ -324,25 +318,20 @@ def change_password(state: dict, old: str, new: str) -> dict:
 
 class RetryNotice:
     """Tells the person at the command, on stderr, that the server does not answer and
-    that the command keeps trying: one line at once, on a terminal with a countdown."""
+    that the command keeps trying: a line at once, which on a terminal counts down."""
 
     def __init__(self, stream=None):
         self.stream = stream or sys.stderr
-        self.shown = False
+        self.last: str | None = None
 
-    def __call__(self, message: str | None, seconds_left: float | None) -> None:
-        tty = self.stream.isatty()
-        if message is None:   # the call ended: answered, or given up
-            if self.shown and tty:
-                self.stream.write("\n")
-            self.shown = False
-        elif tty:
-            self.stream.write(f"\r\x1b[K{message} Retrying, giving up in {max(0, round(seconds_left))} s "
-                              "(Ctrl-C stops).")
-            self.shown = True
-        elif not self.shown:
-            self.stream.write(f"{message} Retrying for up to {max(0, round(seconds_left))} s.\n")
-            self.shown = True
+    def __call__(self, message: str, seconds_left: float) -> None:
+        left = max(0, round(seconds_left))
+        if self.stream.isatty():   # the same line again (cursor up), while the message stays the same
+            again = "\x1b[1A\r\x1b[2K" if message == self.last else ""
+            self.stream.write(f"{again}{message} Retrying, giving up in {left} s (Ctrl-C stops).\n")
+        elif message != self.last:
+            self.stream.write(f"{message} Retrying for up to {left} s.\n")
+        self.last = message
         self.stream.flush()
 
 
