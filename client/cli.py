@@ -512,7 +512,8 @@ def seed_load(name, folder, as_json, password_stdin):
     from client.seed import seed_load as load
     bset, info = find_set(name, remote.RETRY_SECONDS)
     if not bset.on_server:
-        raise UsageError(f"Set {name} is a local set; a seed is for a set on a server.")
+        raise UsageError(f"Set {name} is a local set; a seed is for a set on a server.",
+                         f"A local set's backups go straight to its folder: run 'ironcore backup {name}'.")
     server = remote.connect()
     progress = maybe_progress(not as_json, "seed", roots=bset.sources)
     try:
@@ -555,6 +556,10 @@ def decrypt(folder, target, snapshot, path, as_json, password_stdin):
 def reports_command(name, limit, as_json):
     """Show the reports of the last runs of set NAME (kept on the server)."""
     check_set_name(name)
+    if os.path.exists(config.set_path(name)):
+        raise UsageError(f"Set {name} is a local set; only sets on a server keep their runs' reports.",
+                         f"'ironcore backup {name}' prints its run's report (all of it with --json); keep that, "
+                         "e.g. with '>> backup.log' in the cron job.")
     server = remote.connect(remote.INTERACTIVE_RETRY_SECONDS)
     try:
         found = server.call("GET", f"/api/v1/sets/{name}/reports", params={"limit": limit}).json()

@@ -240,6 +240,10 @@ def test_table_header_weekday_names_login_help_and_local_set_errors(env, tmp_pat
     proc = env.ironcore("set", "edit", "s", "--schedule", "weekly sat,mon 22:00", check=False)
     err = proc.stderr.decode()
     assert proc.returncode == 2 and "cron" in err and "ironcore backup s" in err, err
+    for args in (["reports", "s"], ["seed-load", "s", "--to", tmp_path / "seed"]):
+        proc = env.ironcore(*args, check=False)
+        assert proc.returncode == 2 and b"local set" in proc.stderr and b"ironcore backup s" in proc.stderr, \
+            proc.stderr
     bad = env.ironcore("set", "edit", "s", "--keep-weekly", "4", "--weekly-on", "someday", check=False)
     assert bad.returncode == 2 and b"not a weekday" in bad.stderr, bad.stderr
 
