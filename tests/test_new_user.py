@@ -142,7 +142,7 @@ def test_an_unreachable_server_is_named_at_once_and_interactive_commands_give_up
         took = time.monotonic() - started
         text = (seen + rest).decode(errors="replace")
         assert tty.returncode != 0 and "error: Cannot reach" in text, text
-        assert 10 < took < 45, took   # the interactive budget (20 s), not the backup's 300 s
+        assert 10 < took < 60, took   # the interactive budget (20 s), not the backup's 300 s
         counts = [int(n) for n in __import__("re").findall(r"giving up in (\d+) s", text)]
         assert len(set(counts)) >= 5 and counts == sorted(counts, reverse=True), counts   # a countdown
         assert backup.poll() is None, "the backup gave up as soon as the interactive command"
