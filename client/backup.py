@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import secrets
+import stat
 import sys
 import tempfile
 import time
@@ -42,6 +43,11 @@ SPOOL_IN_MEMORY = 32 << 20       # literal data of a delta kept in memory before
 LANE_DEPTH = 8                   # file chunks queued for the hash lane (x 1 MiB of memory)
 LARGE_WAITING = 2                # large files whose runs wait to be interleaved with small files
 SWITCH_INTERVAL = 0.0005         # seconds a thread waits for the GIL before asking for it (default 0.005)
+
+
+class SourceGone(IroncoreError):
+    """A source root is missing, or empty where the last snapshot had files: an
+    unmounted disk or a renamed share, not files the user removed."""
 
 
 class Fallback(Exception):
@@ -218,6 +224,8 @@ class Backup:
             self.cache.reset_from_catalog(catalog, latest, entry_digest)
         self.unsound = catalog.contents_using(catalog.damaged_blobs())
         self.cache_had_entries = self.cache.db.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is not None
+        if not self.bset.allow_empty_source:
+            self._check_roots()
         count = catalog.db.execute("SELECT count(*) FROM contents").fetchone()[0]
         self.contents = BlobFilter(count + (1 << 18))   # "not in the catalog" without a query
         for (cid,) in catalog.db.execute("SELECT id FROM contents"):
@@ -261,6 +269,34 @@ class Backup:
             if not any(r == k or r.startswith(k.rstrip(b"/") + b"/") for k in kept):
                 kept.append(r)
         return kept
+
+    def _check_roots(self) -> None:
+        """Refuse the run, before anything is written, if a source root is gone or
+        empty while the last snapshot held files below it: committing that would
+        record everything as removed."""
+        for root in self._roots():
+            shown = os.fsdecode(root)
+            try:
+                if stat.S_ISDIR(os.lstat(root).st_mode):
+                    with os.scandir(root) as it:
+                        empty = next(it, None) is None
+                else:
+                    empty = False
+            except FileNotFoundError:
+                raise SourceGone(f"The source {shown} does not exist (an unmounted disk, a renamed or "
+                                 "disconnected share?); nothing was backed up, the last snapshot stays the latest.",
+                                 self._source_hint()) from None
+            except OSError:
+                continue   # unreadable: reported by the walk, its last version kept
+            if empty and self.cache.has_below(root.lstrip(b"/")):
+                raise SourceGone(f"The source {shown} is empty, but the last snapshot has files in it (an unmounted "
+                                 "disk?); nothing was backed up, the last snapshot stays the latest.",
+                                 self._source_hint())
+
+    def _source_hint(self) -> str:
+        name = self.bset.name
+        return (f"Mount or reconnect it, or change the sources with 'ironcore set edit {name} --source ...'. "
+                f"If it is meant to be empty or gone, allow that with 'ironcore set edit {name} --allow-empty-source'.")
 
     def _excluded(self, path: bytes, name: bytes) -> bool:
         if path == self.volume_root:

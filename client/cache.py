@@ -93,6 +93,14 @@ class FileCache:
         self.db.execute("UPDATE entries SET run=? WHERE path=? OR (path > ? AND path < ?)",
                         (run, path, path + b"/", path + b"0"))
 
+    def has_below(self, path: bytes) -> bool:
+        """Whether the last snapshot holds anything below folder `path` (b"": the root)."""
+        self._flush()
+        if not path:
+            return self.db.execute("SELECT 1 FROM entries LIMIT 1").fetchone() is not None
+        return self.db.execute("SELECT 1 FROM entries WHERE path > ? AND path < ? LIMIT 1",
+                               (path + b"/", path + b"0")).fetchone() is not None
+
     def unseen(self, run: int):
         """Paths of the previous snapshot not met in this run (a cursor: bounded memory)."""
         self._flush()

@@ -1,5 +1,6 @@
 """`ironcore`: the backup client's command line."""
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -13,7 +14,7 @@ from client.backup import Backup
 from client.remote_volume import RemoteVolume
 from client.progress import maybe_progress
 from client.restore import Restore
-from ironfs.format.retention import WEEKDAYS, Policy
+from ironfs.format.retention import Policy, weekday
 from ironfs.format.snapshots import resolve_snapshot
 from ironfs.cli.edge import print_json, print_snapshots, read_timeout_option, run_cli
 from ironfs.errors import NotFound, UsageError
@@ -21,7 +22,14 @@ from ironfs.format.volume import Volume, is_volume
 from ironfs.store.sets import check_set_name
 from ironfs.store.sizes import format_size, parse_size
 
-password_stdin = click.option("--password-stdin", is_flag=True, help="Read the set's password from standard input.")
+password_stdin = click.option("--password-stdin", is_flag=True,
+                              help="Read the set's password from standard input (for a set on a server: "
+                                   "the account password or the set's key).")
+account_password_stdin = click.option("--password-stdin", is_flag=True,
+                                      help="Read the account password from standard input.")
+ALLOW_EMPTY_HELP = ("Back up a source that is missing, or empty where the last snapshot had files, as removed "
+                    "(default: refuse, so an unmounted disk or a renamed share fails the run; "
+                    "--refuse-empty-source in 'set edit' restores that).")
 json_flag = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 
 
@@ -42,6 +50,7 @@ def set_group():
 @click.option("--to", "destination", default=None,
               help="file:///DIR for a local volume; left out, the server this machine is logged in to.")
 @click.option("--exclude", "excludes", multiple=True, help="A glob of names or paths to skip (repeatable).")
+@click.option("--allow-empty-source", is_flag=True, help=ALLOW_EMPTY_HELP)
 @click.option("--schedule", "schedules", multiple=True,
               help="On a server: when the daemon runs the set, e.g. 'daily 02:00', 'weekly mon,fri 22:00', "
                    "'monthly 1 03:00', 'every 2 hours' (repeatable; see docs/DAEMON.md).")
@@ -49,7 +58,7 @@ def set_group():
               help="On a server: encrypt with the key in this file, which the server never sees "
                    "(default: the account password, so the server can show files on the web).")
 @password_stdin
-def set_add(name, sources, destination, excludes, schedules, private_key_file, password_stdin):
+def set_add(name, sources, destination, excludes, allow_empty_source, schedules, private_key_file, password_stdin):
     """Create backup set NAME and its encrypted volume."""
     check_set_name(name)
     sources = [os.path.abspath(s) for s in sources]
@@ -57,13 +66,14 @@ def set_add(name, sources, destination, excludes, schedules, private_key_file, p
         raise UsageError(f"A set named {name!r} exists already.", "Pick another name.")
     rules = [schedule.parse_rule(r) for r in schedules]
     if destination is None or destination.startswith(("https://", "http://")):
-        add_server_set(name, sources, destination, list(excludes), private_key_file, password_stdin, rules)
+        add_server_set(name, sources, destination, list(excludes), private_key_file, password_stdin, rules,
+                       allow_empty_source)
         return
     if rules:
         raise UsageError("Schedules are settings of sets on a server (the daemon runs those).",
                          "Log in to a server and leave --to out, or run 'ironcore backup' from cron.")
     bset = config.BackupSet(name=name, sources=sources, destination=config.check_destination(destination),
-                            excludes=list(excludes))
+                            excludes=list(excludes), allow_empty_source=allow_empty_source)
     secret = config.read_secret(password_stdin, confirm=True)
     if is_volume(bset.volume_dir):
         Volume(bset.volume_dir).unlock(secret)   # attach to an existing volume we hold the key of
@@ -75,7 +85,8 @@ def set_add(name, sources, destination, excludes, schedules, private_key_file, p
     click.echo("Keep the password safe: without it nobody, including you, can restore this data.")
 
 
-def add_server_set(name, sources, destination, excludes, private_key_file, password_stdin, rules=()):
+def add_server_set(name, sources, destination, excludes, private_key_file, password_stdin, rules=(),
+                   allow_empty_source=False):
     """The set's settings and a new volume go to the server; the key stays here too."""
     state = remote.load_state()
     if destination and destination.rstrip("/") != state["url"]:
@@ -91,9 +102,10 @@ def add_server_set(name, sources, destination, excludes, private_key_file, passw
         slots = {"login": password}
     with tempfile.TemporaryDirectory(dir=config.home()) as tmp:
         volume = Volume.create(os.path.join(tmp, "volume"), slots)
-        server = remote.connect()
+        server = remote.connect(remote.INTERACTIVE_RETRY_SECONDS)
         server.call("PUT", f"/api/v1/sets/{name}", json={
-            "settings": {"sources": sources, "excludes": excludes, **({"schedule": list(rules)} if rules else {})},
+            "settings": {"sources": sources, "excludes": excludes, **({"schedule": list(rules)} if rules else {}),
+                         **({"allow_empty_source": True} if allow_empty_source else {})},
             "volume": volume.config}).json()
         keys.save_key(volume.id, volume.key)
         server.call("PUT", f"/api/v1/sets/{name}/machines/{config.host_name()}", json={"scheduled": True})
@@ -108,7 +120,7 @@ def server_sets() -> list[dict]:
         remote.load_state()
     except UsageError:
         return []
-    return remote.connect().call("GET", "/api/v1/sets").json()
+    return remote.connect(remote.INTERACTIVE_RETRY_SECONDS).call("GET", "/api/v1/sets").json()
 
 
 @set_group.command("list")
@@ -138,11 +150,13 @@ def set_list(as_json):
 @click.option("--source", "sources", multiple=True, type=click.Path(exists=True),
               help="Replace the sources with these (repeatable).")
 @click.option("--exclude", "excludes", multiple=True, help="Replace the exclude patterns with these (repeatable).")
+@click.option("--allow-empty-source/--refuse-empty-source", default=None, help=ALLOW_EMPTY_HELP)
 @click.option("--schedule-here/--no-schedule-here", default=None,
               help="Whether this computer runs the set's scheduled backups (each machine has its own switch).")
 @click.option("--keep-daily", type=click.IntRange(0), help="Retention: the last snapshot of each of N days.")
 @click.option("--keep-weekly", type=click.IntRange(0), help="... of each of N weeks (on --weekly-on).")
-@click.option("--weekly-on", type=click.Choice(WEEKDAYS), help="The weekday of the weekly rule (default saturday).")
+@click.option("--weekly-on", callback=lambda ctx, param, value: value and weekday(value),
+              help="The weekday of the weekly rule, e.g. sat or saturday (default saturday).")
 @click.option("--keep-monthly", type=click.IntRange(0), help="... of each of N months (on --monthly-on).")
 @click.option("--monthly-on", type=click.IntRange(1, 28), help="The day of the monthly rule (default 1).")
 @click.option("--keep-quarterly", type=click.IntRange(0), help="... of each of N quarters.")
@@ -168,7 +182,7 @@ def set_list(as_json):
               help="Also keep the set's packs and commits in this folder ('' stops it).")
 @click.option("--bandwidth-limit", help="Upload at most this many bytes per second, e.g. 512K or 2M "
                                         "('unlimited' removes the limit).")
-def set_edit(name, sources, excludes, schedule_here, timezone, schedules, no_schedule, pre_command, pre_timeout,
+def set_edit(name, sources, excludes, allow_empty_source, schedule_here, timezone, schedules, no_schedule, pre_command, pre_timeout,
              pre_continue_on_error, post_command, post_timeout, local_copy, bandwidth_limit, **retention_flags):
     """Change the settings of set NAME (kept on the server for server sets)."""
     bset, info = find_set(name)
@@ -177,6 +191,8 @@ def set_edit(name, sources, excludes, schedule_here, timezone, schedules, no_sch
         settings["sources"] = [os.path.abspath(s) for s in sources]
     if excludes:
         settings["excludes"] = list(excludes)
+    if allow_empty_source is not None:
+        settings["allow_empty_source"] = allow_empty_source
     policy = retention_policy(retention_flags, timezone)
     if policy is not None:
         settings["retention"] = policy
@@ -185,18 +201,37 @@ def set_edit(name, sources, excludes, schedule_here, timezone, schedules, no_sch
                                    bandwidth_limit)
     settings.update(daemon_settings)
     if not bset.on_server:
-        if schedule_here is not None or policy is not None or daemon_settings:
-            raise UsageError("Schedules, commands, local copies, bandwidth limits and retention are settings "
-                             "of sets on a server.", "Use them with a set made while logged in to a server.")
+        refuse_server_settings(bset, schedule_here, policy, daemon_settings)
         config.save_set(config.BackupSet(**{**vars(bset), **settings}))
     else:
-        server = remote.connect()
+        server = remote.connect(remote.INTERACTIVE_RETRY_SECONDS)
         if settings:
             server.call("PATCH", f"/api/v1/sets/{name}", json={"settings": settings})
         if schedule_here is not None:
             server.call("PUT", f"/api/v1/sets/{name}/machines/{config.host_name()}",
                         json={"scheduled": schedule_here})
     click.echo(f"Set {name} updated.")
+
+
+def refuse_server_settings(bset, schedule_here, policy, daemon_settings) -> None:
+    """A local set has no daemon settings or retention: say so, and what does the same job."""
+    instead = []
+    if schedule_here is not None or "schedule" in daemon_settings:
+        instead.append(f"to run it on a schedule, call 'ironcore backup {bset.name}' from cron or a systemd timer")
+    if "hooks" in daemon_settings:
+        instead.append(f"for commands before or after it, run them around 'ironcore backup {bset.name}' "
+                       "in the same script")
+    if "local_copy" in daemon_settings:
+        instead.append("for a second copy, add another local set with the same --source and another --to")
+    if "bandwidth_limit" in daemon_settings:
+        instead.append("a local folder needs no bandwidth limit")
+    if policy is not None:
+        instead.append(f"for retention, run after each backup: ironfs retention apply {bset.volume_dir} "
+                       f"--policy '{json.dumps(policy)}' (docs/RETENTION.md)")
+    if instead:
+        raise UsageError(f"Set {bset.name} is a local set (a folder as destination); schedules, commands, local "
+                         "copies, bandwidth limits, retention and --schedule-here are settings of sets on a server.",
+                         "Instead: " + "; ".join(instead) + ".")
 
 
 def daemon_edits(current: dict, schedules, no_schedule, pre_command, pre_timeout, pre_continue, post_command,
@@ -255,8 +290,9 @@ def retention_policy(flags: dict, timezone: str | None) -> dict | None:
     return policy
 
 
-def find_set(name: str):
-    """(BackupSet, server info or None): a set of this machine, else one on the server."""
+def find_set(name: str, retry_seconds: float = remote.INTERACTIVE_RETRY_SECONDS):
+    """(BackupSet, server info or None): a set of this machine, else one on the server
+    (tried for `retry_seconds` if it does not answer: less than a backup waits)."""
     try:
         return config.load_set(name), None
     except NotFound:
@@ -266,16 +302,18 @@ def find_set(name: str):
             raise NotFound(f"There is no backup set named {name!r} on this machine.",
                            "List sets with 'ironcore set list' or add one with 'ironcore set add'.") from None
     check_set_name(name)
-    info = remote.connect().call("GET", f"/api/v1/sets/{name}").json()
+    info = remote.connect(retry_seconds).call("GET", f"/api/v1/sets/{name}").json()
     bset = config.BackupSet(name=name, sources=info["settings"].get("sources", []), destination=state["url"],
-                            excludes=info["settings"].get("excludes", []))
+                            excludes=info["settings"].get("excludes", []),
+                            allow_empty_source=info["settings"].get("allow_empty_source", False))
     return bset, info
 
 
-def open_set_volume(name: str, password_stdin: bool, unlock: bool = True):
-    bset, info = find_set(name)
+def open_set_volume(name: str, password_stdin: bool, unlock: bool = True,
+                    retry_seconds: float = remote.INTERACTIVE_RETRY_SECONDS):
+    bset, info = find_set(name, retry_seconds)
     if bset.on_server:
-        volume = RemoteVolume(remote.connect(), name, info)
+        volume = RemoteVolume(remote.connect(retry_seconds), name, info)
         if unlock:
             volume.open_key(lambda: config.read_secret(password_stdin, prompt="Account password or set key: "))
         return bset, volume
@@ -295,7 +333,7 @@ def backup(name, as_json, password_stdin, reason):
     """Back up set NAME now. A set on a server runs its pre- and post-backup
     commands, keeps its local copy and bandwidth limit, and sends its report;
     SIGTERM stops it at the next safe point."""
-    bset, info = find_set(name)
+    bset, info = find_set(name, remote.RETRY_SECONDS)   # scheduled runs wait out a server restart
     if bset.on_server:
         backup_server_set(name, bset, info, as_json, password_stdin, reason)
         return
@@ -407,7 +445,7 @@ def print_restore(report: dict, target: str, as_json: bool) -> None:
 @click.option("--server", "url", required=True, help="The server, https://HOST:PORT.")
 @click.option("--account", required=True, help="Your account name on that server.")
 @click.option("--fingerprint", default=None, help="The SHA-256 fingerprint the administrator gave you.")
-@password_stdin
+@account_password_stdin
 def login(url, account, fingerprint, password_stdin):
     """Log this machine in to a server, pinning its certificate."""
     password = config.read_secret(password_stdin, prompt="Account password: ").decode()
@@ -477,9 +515,10 @@ def seed_load(name, folder, as_json, password_stdin):
     """Write the first backup of server set NAME to a folder instead of sending it;
     the administrator loads it with 'ironfs import-seed ACCOUNT NAME FOLDER'."""
     from client.seed import seed_load as load
-    bset, info = find_set(name)
+    bset, info = find_set(name, remote.RETRY_SECONDS)
     if not bset.on_server:
-        raise UsageError(f"Set {name} is a local set; a seed is for a set on a server.")
+        raise UsageError(f"Set {name} is a local set; a seed is for a set on a server.",
+                         f"A local set's backups go straight to its folder: run 'ironcore backup {name}'.")
     server = remote.connect()
     progress = maybe_progress(not as_json, "seed", roots=bset.sources)
     try:
@@ -522,7 +561,11 @@ def decrypt(folder, target, snapshot, path, as_json, password_stdin):
 def reports_command(name, limit, as_json):
     """Show the reports of the last runs of set NAME (kept on the server)."""
     check_set_name(name)
-    server = remote.connect()
+    if os.path.exists(config.set_path(name)):
+        raise UsageError(f"Set {name} is a local set; only sets on a server keep their runs' reports.",
+                         f"'ironcore backup {name}' prints its run's report (all of it with --json); keep that, "
+                         "e.g. with '>> backup.log' in the cron job.")
+    server = remote.connect(remote.INTERACTIVE_RETRY_SECONDS)
     try:
         found = server.call("GET", f"/api/v1/sets/{name}/reports", params={"limit": limit}).json()
     finally:

@@ -30,6 +30,7 @@ class BackupSet:
     sources: list[str]
     destination: str
     excludes: list[str] = field(default_factory=list)
+    allow_empty_source: bool = False   # back up a missing or emptied source as removed files (else the run fails)
 
     @property
     def on_server(self) -> bool:

@@ -8,14 +8,20 @@ import threading
 class TerminalProgress:
     def __init__(self, label: str, roots: list[str] | None = None, total_bytes: int | None = None):
         from rich.console import Console   # here: a run with --json or without a terminal never needs rich
-        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                   TransferSpeedColumn)
+        from rich.progress import (BarColumn, DownloadColumn, Progress, ProgressColumn, TextColumn,
+                                   TimeRemainingColumn, TransferSpeedColumn)
+        from rich.text import Text
         self.console = Console(stderr=True)
         self.files = 0
+
+        class FilesColumn(ProgressColumn):
+            """The count as it is at each refresh: entry() only adds one."""
+            def render(column, task):
+                return Text(f"{self.files} files")
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-            TextColumn("{task.fields[files]} files"), TimeRemainingColumn(), console=self.console, transient=True)
-        self._task = self._progress.add_task(label, total=total_bytes, files=0)
+            FilesColumn(), TimeRemainingColumn(), console=self.console, transient=True)
+        self._task = self._progress.add_task(label, total=total_bytes)
         self._stop = threading.Event()
         self._counter = None
         if roots:
@@ -50,8 +56,6 @@ class TerminalProgress:
 
     def entry(self) -> None:
         self.files += 1
-        if self.files % 64 == 0:
-            self._progress.update(self._task, files=self.files)
 
     def bytes(self, n: int) -> None:
         self._progress.advance(self._task, n)

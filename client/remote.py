@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 TIMEOUT, CONNECT_TIMEOUT = 60.0, 10.0
 RETRY_SECONDS = float(os.environ.get("IRONCORE_RETRY_SECONDS", 300))   # how long a backup waits out a server restart
+# how long a command someone waits at (snapshots, restore, set list ...) keeps trying
+INTERACTIVE_RETRY_SECONDS = float(os.environ.get("IRONCORE_INTERACTIVE_RETRY_SECONDS", 20))
 
 
 class CertificateChanged(IroncoreError):
@@ -188,8 +191,11 @@ class Unreachable(IroncoreError):
 class ServerClient:
     """HTTPS to one server with the pinned certificate."""
 
-    def __init__(self, url: str, cert_pem: str | None, auth=None, token: str | None = None):
+    def __init__(self, url: str, cert_pem: str | None, auth=None, token: str | None = None,
+                 retry_seconds: float = RETRY_SECONDS, notice=None):
         self.url = url.rstrip("/")
+        self.retry_seconds = retry_seconds   # a call's whole time when the caller gives none, retries and waits for answers included
+        self.notice = notice                 # notice(message, seconds_left) while `call` retries
         scheme, self.host, self.port = split_url(url)
         self.cert_pem = cert_pem
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -200,7 +206,6 @@ class ServerClient:
                                  limits=httpx.Limits(max_connections=16), trust_env=True)   # HTTPS_PROXY etc.
         self.bucket: TokenBucket | None = None
         self.bytes_sent = 0     # upload bodies (packs, commits), retries included
-        self.retry_seconds = RETRY_SECONDS   # a call's whole time, retries and waits for answers included
 
     def limit_uploads(self, bytes_per_second: int | None) -> None:
         """Upload bodies keep to this rate from now on (None: no limit)."""
@@ -231,8 +236,9 @@ class ServerClient:
 
     def call(self, method: str, path: str, retry_for: float | None = None, body=None, **kw) -> httpx.Response:
         """`request`, retried with growing pauses while the server is unreachable or
-        answers 5xx, for up to `retry_for` seconds (default `retry_seconds`: a restarted
-        server, a network blip); no attempt waits for its answer past that deadline.
+        answers 5xx, for up to `retry_for` seconds (default: the client's budget; a
+        restarted server, a network blip), telling `notice` at once and each second; no
+        attempt waits for its answer past that deadline.
         `body` is a callable giving a fresh request body (an iterable of bytes) for each
         attempt; it goes out through the upload limit, if any."""
         import httpx
@@ -250,8 +256,16 @@ class ServerClient:
                 if not retryable or time.monotonic() + pause > deadline:
                     raise
                 logger.info("retrying %s %s in %.1f s: %s", method, path, pause, exc.message)
-                time.sleep(pause)
+                self._wait(pause, deadline, exc.message)
                 pause = min(pause * 2, 5.0)
+
+    def _wait(self, pause: float, deadline: float, message: str) -> None:
+        """Sleep `pause` seconds, telling `notice` each second how long is left."""
+        end = time.monotonic() + pause
+        while (left := end - time.monotonic()) > 0:
+            if self.notice is not None:
+                self.notice(message, deadline - time.monotonic())
+            time.sleep(min(left, 1.0))
 
     def close(self) -> None:
         self.http.close()
@@ -306,6 +320,29 @@ def change_password(state: dict, old: str, new: str) -> dict:
         owner.close()
 
 
-def connect() -> ServerClient:
+class RetryNotice:
+    """Tells the person at the command, on stderr, that the server does not answer and
+    that the command keeps trying: a line at once, which on a terminal counts down."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.last: str | None = None
+
+    def __call__(self, message: str, seconds_left: float) -> None:
+        left = max(0, round(seconds_left))
+        if self.stream.isatty():   # the same line again (cursor up), while the message stays the same
+            again = "\x1b[1A\r\x1b[2K" if message == self.last else ""
+            self.stream.write(f"{again}{message} Retrying, giving up in {left} s (Ctrl-C stops).\n")
+        elif message != self.last:
+            self.stream.write(f"{message} Retrying for up to {left} s.\n")
+        self.last = message
+        self.stream.flush()
+
+
+def connect(retry_seconds: float = RETRY_SECONDS) -> ServerClient:
+    """A client for the server this machine is logged in to; a call keeps trying an
+    unreachable server for `retry_seconds` (less for commands someone waits at),
+    saying so on stderr."""
     state = load_state()
-    return ServerClient(state["url"], state["cert_pem"], token=state["token"])
+    return ServerClient(state["url"], state["cert_pem"], token=state["token"], retry_seconds=retry_seconds,
+                        notice=RetryNotice())

@@ -508,6 +508,8 @@ class Restore:
         large.whole = True
         self.report["files"] += 1
         self.report["bytes"] += large.entry.size
+        if self.progress:
+            self.progress.entry()
         for w in warnings:
             self.report["warnings"].append({"path": os.fsdecode(large.rel), "warning": w})
 
@@ -518,6 +520,8 @@ class Restore:
                 continue
             self.report["files"] += 1
             self.report["bytes"] += nbytes
+            if self.progress:
+                self.progress.entry()
             for w in warnings:
                 self.report["warnings"].append({"path": os.fsdecode(rel), "warning": w})
 

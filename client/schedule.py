@@ -18,9 +18,9 @@ import os
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ironfs.errors import UsageError
-from ironfs.store.setoptions import UNITS, WEEKDAYS, check_rule
+from ironfs.format.retention import WEEKDAYS, weekday
+from ironfs.store.setoptions import UNITS, check_rule
 
-SHORT_DAYS = {d[:3]: d for d in WEEKDAYS}
 UNIT_WORDS = {"minute": "minutes", "minutes": "minutes", "min": "minutes", "mins": "minutes",
               "hour": "hours", "hours": "hours", "h": "hours"}
 SEARCH_DAYS = 400      # a monthly rule on the 31st still meets a month within this
@@ -43,7 +43,7 @@ def parse_rule(text: str) -> dict:
             rule = {"daily": rest}
         elif kind == "weekly":
             days, times = [w for w in rest if ":" not in w], [w for w in rest if ":" in w]
-            rule = {"weekly": [SHORT_DAYS.get(d.lower()[:3], d.lower()) for d in days], "at": times}
+            rule = {"weekly": [weekday(d) for d in days], "at": times}
         elif kind == "monthly":
             rule = {"monthly": int(rest[0]), "at": rest[1:]}
         else:

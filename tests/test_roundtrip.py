@@ -159,14 +159,17 @@ def test_restore_progress_counts_every_file_as_its_job_ends(tmp_path):
 
     class Recorder:
         def __init__(self):
-            self.lock, self.calls = threading.Lock(), []
+            self.lock, self.calls, self.files = threading.Lock(), [], 0
 
         def bytes(self, n):
             with self.lock:
                 self.calls.append(n)
+
+        def entry(self):
+            self.files += 1
     seen = Recorder()
     report = Restore(volume, seq, str(tmp_path / "out"), progress=seen).run()
-    assert report["errors"] == [] and report["files"] == 41
+    assert report["errors"] == [] and report["files"] == 41 == seen.files
     assert sum(seen.calls) == report["bytes"] == (5 << 20) + sum(1000 + i for i in range(40))
     assert (5 << 20) in seen.calls and len(seen.calls) >= 2   # the large file's job on its own
     volume.close()

@@ -8,7 +8,6 @@ import sys
 import click
 
 from ironfs.errors import IroncoreError
-from ironfs.format.snapshots import snapshot_name
 
 
 def print_json(data) -> None:
@@ -17,15 +16,16 @@ def print_json(data) -> None:
 
 def print_snapshots(snaps: list[dict], as_json: bool) -> None:
     """A set's snapshots, for `ironcore snapshots` and `ironfs snapshots` alike."""
-    for s in snaps:
-        s["name"] = snapshot_name(s["time_ns"])
     if as_json:
         print_json(snaps)
         return
     if not snaps:
         click.echo("No snapshots yet.")
+        return
+    width = max(len(s["name"]) for s in snaps)
+    click.echo(f"{'SEQ':>6}  {'NAME (UTC)':<{width}}  {'HOST':<16} SOURCES")
     for s in snaps:
-        click.echo(f"{s['seq']:>6}  {s['name']}  {s.get('host') or '':<16} {', '.join(s.get('sources', []))}")
+        click.echo(f"{s['seq']:>6}  {s['name']:<{width}}  {s.get('host') or '':<16} {', '.join(s.get('sources', []))}")
 
 
 MOUNT_READ_TIMEOUT = 20.0   # seconds; docs/OPERATIONS.md "Mounting snapshots as folders"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import msgpack
 
 from ironfs.errors import CorruptData, MissingData, VolumeFormatError
+from ironfs.format.snapshots import name_snapshots
 
 SCHEMA_VERSION = 1
 ROOT = 0  # the implicit root folder; top-level entries have parent 0
@@ -353,10 +354,12 @@ class Catalog:
 
     # --- queries ------------------------------------------------------------------
     def snapshots(self, include_forgotten: bool = False) -> list[dict]:
-        rows = self.db.execute("SELECT seq, time_ns, host, forgotten, info FROM snapshots "
-                               + ("" if include_forgotten else "WHERE forgotten=0 ") + "ORDER BY seq").fetchall()
-        return [{"seq": r[0], "time_ns": r[1], "host": r[2], "forgotten": r[3], **msgpack.unpackb(r[4])}
-                for r in rows]
+        """The snapshots by seq, each with its unique name (named over the whole history)."""
+        rows = self.db.execute("SELECT seq, time_ns, host, forgotten, info FROM snapshots ORDER BY seq").fetchall()
+        history = [{"seq": r[0], "time_ns": r[1], "host": r[2], "forgotten": r[3], **msgpack.unpackb(r[4])}
+                   for r in rows]
+        name_snapshots(history)
+        return history if include_forgotten else [s for s in history if not s["forgotten"]]
 
     def list_dir(self, parent: int, snapshot: int, after: bytes | None = None, limit: int | None = None) -> list[Entry]:
         """Children of `parent` at `snapshot`, by name; `after`/`limit` page through huge folders."""

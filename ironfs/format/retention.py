@@ -27,6 +27,16 @@ RULES = ("daily", "weekly", "monthly", "quarterly", "yearly")   # fine to coarse
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
 
+def weekday(text: str) -> str:
+    """A weekday as people write it (sat, Sat, saturday) to its full name, as retention
+    policies and schedules store it."""
+    word = text.strip().lower()
+    for day in WEEKDAYS:
+        if len(word) >= 3 and day.startswith(word):
+            return day
+    raise UsageError(f"{text!r} is not a weekday.", "Use monday ... sunday, or mon ... sun.")
+
+
 @dataclass
 class Policy:
     within_days: int | None = None

@@ -1,4 +1,4 @@
-"""Snapshots by name: the UTC names shown everywhere (CLI, WebDAV, FUSE) and the
+"""Snapshots by name: the UTC names shown everywhere (CLI, API, WebDAV, FUSE) and the
 ways a user may point at one."""
 import datetime
 
@@ -12,22 +12,30 @@ def resolve_snapshot(catalog, spec: str | int | None) -> dict:
     if spec in (None, "latest"):
         return snaps[-1]
     for s in snaps:
-        if str(s["seq"]) == str(spec) or snapshot_name(s["time_ns"]) == spec:
+        if str(s["seq"]) == str(spec) or s["name"] == spec:
             return s
     raise NotFound(f"There is no snapshot {spec!r} in this set.", "List them with 'ironcore snapshots SET'.")
 
 
 def snapshot_name(time_ns: int) -> str:
-    """The snapshot's UTC name, valid on Windows too: YYYY-MM-DDTHH-MM-SSZ."""
+    """A UTC time as snapshots are named, valid on Windows too: YYYY-MM-DDTHH-MM-SSZ."""
     t = datetime.datetime.fromtimestamp(time_ns / 1e9, tz=datetime.timezone.utc)
     return t.strftime("%Y-%m-%dT%H-%M-%SZ")
 
 
+def name_snapshots(history: list[dict]) -> None:
+    """Give each snapshot of a volume's whole history (forgotten ones too, by seq) its
+    unique name, in place: its UTC second, and for a later snapshot in a second that
+    an earlier one took, "-SEQ" after it. Derived from the full history, a name never
+    changes when retention forgets a neighbour. The catalog calls this, so the CLI,
+    the API, WebDAV and FUSE all show and accept the same names."""
+    taken: set[str] = set()
+    for snap in history:
+        stamp = snapshot_name(snap["time_ns"])
+        snap["name"] = stamp if stamp not in taken else f"{stamp}-{snap['seq']}"
+        taken.add(stamp)
+
+
 def snapshot_names(snapshots: list[dict]) -> dict[str, int]:
-    """UTC name -> seq for folder views (WebDAV, FUSE); a second snapshot in the same
-    second gets its number appended, so every snapshot has a name of its own."""
-    names: dict[str, int] = {}
-    for snap in snapshots:
-        name = snapshot_name(snap["time_ns"])
-        names[name if name not in names else f"{name}-{snap['seq']}"] = snap["seq"]
-    return names
+    """Name -> seq, for folder views (WebDAV, FUSE)."""
+    return {snap["name"]: snap["seq"] for snap in snapshots}

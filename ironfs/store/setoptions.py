@@ -14,8 +14,7 @@ Times are the client machine's local time. Commands run with /bin/sh -c."""
 import re
 
 from ironfs.errors import UsageError
-
-WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+from ironfs.format.retention import WEEKDAYS
 UNITS = {"minutes": 60, "hours": 3600}
 TIME_RE = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
 MIN_INTERVAL_S = 1.0            # "every 0.05 minutes" is allowed (tests, busy servers); less is not

@@ -36,7 +36,7 @@ MAX_COMMIT = 1 << 30         # a commit of ten million files is far below this
 CHUNK = 1 << 20
 USAGE_STAMP = ".usage-changed"   # touched by gc so that a running server counts the account's usage again
 SETTINGS_KEYS = {"sources", "excludes", "schedule", "retention", "block_size", "description",
-                 "hooks", "local_copy", "bandwidth_limit"}   # the daemon's: setoptions.py
+                 "hooks", "local_copy", "bandwidth_limit", "allow_empty_source"}   # the daemon's: setoptions.py
 # Records a client's commit may hold; "forget", "drop" and "damaged" belong to the server's own tools.
 CLIENT_RECORDS = {"commit", "pack", "content", "ver", "del", "stats"}
 
@@ -65,6 +65,8 @@ def check_settings(settings) -> dict:
         value = settings.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) and len(v) < 4096 for v in value):
             raise UsageError(f"Setting {key!r} must be a list of paths or patterns.")
+    if not isinstance(settings.get("allow_empty_source", False), bool):
+        raise UsageError("Setting 'allow_empty_source' must be true or false.")
     check_daemon_settings(settings)
     if len(json.dumps(settings)) > 65536:
         raise UsageError("Set settings are too large.")
