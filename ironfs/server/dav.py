@@ -68,7 +68,7 @@ class Session:
     """One account logged in with one password: the set keys it opened, valid while the
     account's stored credential is the one it was checked against."""
 
-    def __init__(self, account: str, password: str, credential: str):
+    def __init__(self, account: str, password: str, credential: str | None):
         self.account, self.password, self.credential = account, password, credential
         self.expires = time.monotonic() + SESSION_SECONDS
         self.keys: dict[str, crypto.MasterKey | None] = {}
@@ -201,6 +201,10 @@ class View:
         if key is None and self.owner != self.session.account:
             raise DAVError(HTTP_FORBIDDEN, f"Set {self.set_name} belongs to {self.owner}: its contents open only "
                                            f"with {self.owner}'s own login.")
+        if key is None and any(s["name"] == "login" for s in self.volume.config["slots"]):
+            raise DAVError(HTTP_FORBIDDEN, f"Set {self.set_name}'s login key slot does not open with this password "
+                                           f"(the administrator set a new one). Run 'ironcore login' on a machine "
+                                           f"that holds the set's keys: it re-wraps the slot.")
         if key is None:
             raise DAVError(HTTP_FORBIDDEN, f"Set {self.set_name} is encrypted with a private key, which the server "
                                            f"never sees. Restore it with the client: ironcore restore "

@@ -16,6 +16,7 @@ import time
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from argon2.low_level import ARGON2_VERSION
 
 from ironfs.errors import IroncoreError, NotFound, UsageError
 
@@ -52,19 +53,19 @@ def check_account_name(name: str) -> str:
 
 
 def make_private(path: str) -> None:
-    """The store file, made 0600 before SQLite opens it: SQLite gives the -wal and -shm
+    """The store's files made 0600, and first the database: SQLite gives the -wal and -shm
     it creates the database's mode. Files left group- or world-readable by an older
-    version are put right."""
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, PRIVATE_MODE))
+    version are put right. (Only stat and chmod: opening and closing the database file
+    here would drop the POSIX locks of this process's SQLite connections to it.)"""
     for name in (path, path + "-wal", path + "-shm"):
         try:
             if os.stat(name).st_mode & 0o077:
                 os.chmod(name, PRIVATE_MODE)
         except FileNotFoundError:
             pass
-        except PermissionError:
-            raise UsageError(f"{name} holds password hashes and is readable by others, but this user cannot "
-                             "change its mode.", f"Run as its owner, or 'chmod 600 {name}'.") from None
+        except OSError as exc:
+            raise UsageError(f"{name} holds password hashes and is readable by others, but its mode cannot be "
+                             f"changed ({exc.strerror}).", f"Run as its owner, or 'chmod 600 {name}'.") from None
 
 
 def unmatchable_hash(hasher: PasswordHasher) -> str:
@@ -73,14 +74,19 @@ def unmatchable_hash(hasher: PasswordHasher) -> str:
     costs, so an unknown name answers as slowly as a wrong password."""
     def b64(n: int) -> str:
         return base64.b64encode(secrets.token_bytes(n)).decode().rstrip("=")
-    return (f"$argon2id$v=19$m={hasher.memory_cost},t={hasher.time_cost},p={hasher.parallelism}"
+    return (f"$argon2{hasher.type.name.lower()}$v={ARGON2_VERSION}"
+            f"$m={hasher.memory_cost},t={hasher.time_cost},p={hasher.parallelism}"
             f"${b64(hasher.salt_len)}${b64(hasher.hash_len)}")
 
 
 class AccountStore:
     def __init__(self, path: str):
-        make_private(path)
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)   # creates the file, still empty
+        try:
+            make_private(path)   # before anything is written, and before the -wal and -shm exist
+        except UsageError:
+            self.db.close()
+            raise
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
         self._hasher = PasswordHasher()   # argon2id with the library's current defaults
