@@ -44,8 +44,8 @@ class Metrics:
         with self._lock:
             self.commits += 1
 
-    def text(self, usage: dict[str, int]) -> str:
-        """`usage`: bytes stored per account."""
+    def text(self, usage: dict[str, int], limiter_keys: int) -> str:
+        """`usage`: bytes stored per account; `limiter_keys`: accounts and addresses with recent failed logins."""
         with self._lock:
             lines = ["# TYPE ironfs_requests_total counter"]
             for (endpoint, status), n in sorted(self.requests.items()):
@@ -55,6 +55,7 @@ class Metrics:
                       "# TYPE ironfs_commits_total counter", f"ironfs_commits_total {self.commits}"]
             errors = sum(n for (_, status), n in self.requests.items() if status >= 400)
             lines += ["# TYPE ironfs_errors_total counter", f"ironfs_errors_total {errors}"]
+        lines += ["# TYPE ironfs_login_limiter_keys gauge", f"ironfs_login_limiter_keys {limiter_keys}"]
         lines.append("# TYPE ironfs_account_usage_bytes gauge")
         lines += [f'ironfs_account_usage_bytes{{account="{name}"}} {used}' for name, used in sorted(usage.items())]
         return "\n".join(lines) + "\n"
@@ -64,6 +65,15 @@ class ReadOnlyServer(Forbidden):
     def __init__(self):
         super().__init__("This server is a read-only replica: it serves restores and nothing that changes a set.",
                          "Back up to the source server, or make this one writable with 'ironfs replica promote'.")
+
+
+class NotJson(UsageError):
+    """A body that must be JSON declared another type: what a browser's form or a page's
+    text/plain request sends without asking the server first."""
+
+    def __init__(self):
+        super().__init__("This request's body must be sent as Content-Type: application/json.",
+                         "Send the JSON body with that header (the ironcore client does).")
 
 
 # The only requests other than GET and HEAD that a read-only server answers: a machine's
@@ -121,6 +131,8 @@ class ApiApp:
                                      {"WWW-Authenticate": 'Basic realm="ironcore"'})
         except Forbidden as exc:
             response = json_response({"error": exc.message, "hint": exc.hint}, 403)
+        except NotJson as exc:
+            response = json_response({"error": exc.message, "hint": exc.hint}, 415)
         except NotFound as exc:
             response = json_response({"error": exc.message, "hint": exc.hint}, 404)
         except (UsageError, CorruptData) as exc:
@@ -161,6 +173,8 @@ class ApiApp:
         account = self.auth(request.environ)
         if account["role"] != "owner":
             raise Forbidden("A new machine login needs the account password.")
+        if request.mimetype != "application/json":
+            raise NotJson()
         body = self._json_body(request)
         host = str(body.get("host", ""))[:255]
         role = body.get("role", "client")
@@ -175,4 +189,4 @@ class ApiApp:
         if not account["admin"] or account["role"] == "replica":
             raise Forbidden("Metrics are for the admin.")
         usage = {a["name"]: self.sets.usage(a["name"]) for a in self.root.accounts.list()}
-        return Response(self.metrics.text(usage), mimetype="text/plain; version=0.0.4")
+        return Response(self.metrics.text(usage, len(self.auth.limiter)), mimetype="text/plain; version=0.0.4")

@@ -6,7 +6,9 @@
 wsgidav speaks the protocol; this module gives it a provider over the
 catalogs and an authenticator over the account store. The account password
 (HTTP Basic, over TLS) opens each set's `login` key slot; the opened keys and
-the password stay in memory, per login, for SESSION_SECONDS. A set with only a
+the password stay in memory, per login, for SESSION_SECONDS, or until the
+account's password changes or it is removed. File contents go out as
+attachments in a sandbox unless their type cannot run script. A set with only a
 private key lists names and sizes, and its file contents are refused with a
 message that says how to restore them. The provider itself is read-only, with
 no lock manager and no property store: wsgidav then advertises DAV class 1 and
@@ -21,6 +23,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from urllib.parse import quote
 
 from wsgidav.dav_error import HTTP_FORBIDDEN, HTTP_INSUFFICIENT_STORAGE, DAVError
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, DAVProvider
@@ -38,7 +41,7 @@ from ironfs.format import crypto
 from ironfs.format.catalog import ROOT, split_path
 from ironfs.format.reader import ContentReader
 from ironfs.format.snapshots import snapshot_names
-from ironfs.server.auth import TooManyFailures
+from ironfs.server.auth import Authenticator, TooManyFailures, login_keys
 from ironfs.store.accounts import AuthFailed
 
 logger = logging.getLogger(__name__)
@@ -55,13 +58,18 @@ MAX_RANGES = 64
 MAX_LISTING = 250_000   # entries one PROPFIND or folder page may list (about 125 MB of XML)
 READ_METHODS = ("OPTIONS", "HEAD", "GET", "PROPFIND")   # a read-only share answers nothing else
 SEND_BLOCK = 256 * 1024   # GET bodies go out in pieces this big (wsgidav's default 8 KiB costs a call each)
+# File types a browser shows without running anything in them; any other file (HTML, SVG, XML,
+# PDF, scripts, unknown) is sent as an attachment, to be saved rather than shown.
+INLINE_TYPES = frozenset({"text/plain", "image/png", "image/jpeg", "image/gif", "image/webp", "image/avif",
+                          "image/bmp", "audio/mpeg", "audio/ogg", "audio/flac", "video/mp4", "video/webm"})
 
 
 class Session:
-    """One account logged in with one password: the set keys it opened."""
+    """One account logged in with one password: the set keys it opened, valid while the
+    account's stored credential is the one it was checked against."""
 
-    def __init__(self, account: str, password: str):
-        self.account, self.password = account, password
+    def __init__(self, account: str, password: str, credential: str | None):
+        self.account, self.password, self.credential = account, password, credential
         self.expires = time.monotonic() + SESSION_SECONDS
         self.keys: dict[str, crypto.MasterKey | None] = {}
         self.lock = threading.Lock()
@@ -84,38 +92,50 @@ class Session:
 
 class Sessions:
     """Checked logins by (account, SHA-256 of name and password), bounded in time and number,
-    so a file manager's hundreds of requests cost one argon2 check, not hundreds."""
+    so a file manager's hundreds of requests cost one argon2 check, not hundreds.
 
-    def __init__(self, root, limiter):
-        self.root, self.limiter = root, limiter
+    Every request first asks the failed-login limiter (a limited name gets no answer,
+    not even from a session: else a guess that hits the cached password would show),
+    then reads the account's stored credential: a new password or a removal ends the
+    account's sessions and their opened keys at once."""
+
+    def __init__(self, authenticator: Authenticator):
+        self.auth = authenticator
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._lock = threading.Lock()
 
     def login(self, name: str, password: str, address: str) -> Session | None:
         tag = hashlib.sha256(f"{name}\0{password}".encode()).hexdigest()
         now = time.monotonic()
-        with self._lock:
-            session = self._sessions.get(tag)
-            if session is not None and session.expires > now:
-                return session
-        keys = ("addr:" + address, "account:" + name)
         try:
-            self.limiter.check(*keys)
-            self.root.accounts.authenticate(name, password)
+            self.auth.limiter.check(*login_keys(address, name))
+            credential = self.auth.root.accounts.credential(name)
+            with self._lock:
+                session = self._sessions.get(tag)
+                if session is not None and session.expires > now and session.credential == credential:
+                    return session
+                if session is not None and session.credential != credential:
+                    self._forget_stale(name, credential)
+            self.auth.password_login(name, password, address)
         except AuthFailed:
-            self.limiter.failed(*keys)
             logger.info("event=dav-login-failed account=%r client=%s", name, address)
             return None
         except TooManyFailures:
             logger.info("event=dav-login-limited account=%r client=%s", name, address)
             return None
-        session = Session(name, password)
+        session = Session(name, password, credential)
         with self._lock:
             self._sessions[tag] = session
             while self._sessions and (len(self._sessions) > MAX_SESSIONS
                                       or next(iter(self._sessions.values())).expires <= now):
                 self._sessions.popitem(last=False)   # oldest first: they also expire first
         return session
+
+    def _forget_stale(self, account: str, credential: str | None) -> None:
+        """Drop the sessions of `account` checked against another credential than
+        `credential`, opened keys and all; the caller holds the lock."""
+        for tag in [t for t, s in self._sessions.items() if s.account == account and s.credential != credential]:
+            del self._sessions[tag]
 
 
 def domain_controller(sessions: Sessions):
@@ -181,6 +201,10 @@ class View:
         if key is None and self.owner != self.session.account:
             raise DAVError(HTTP_FORBIDDEN, f"Set {self.set_name} belongs to {self.owner}: its contents open only "
                                            f"with {self.owner}'s own login.")
+        if key is None and any(s["name"] == "login" for s in self.volume.config["slots"]):
+            raise DAVError(HTTP_FORBIDDEN, f"Set {self.set_name}'s login key slot does not open with this password "
+                                           f"(the administrator set a new one). Run 'ironcore login' on a machine "
+                                           f"that holds the set's keys: it re-wraps the slot.")
         if key is None:
             raise DAVError(HTTP_FORBIDDEN, f"Set {self.set_name} is encrypted with a private key, which the server "
                                            f"never sees. Restore it with the client: ironcore restore "
@@ -382,6 +406,16 @@ class SnapshotProvider(DAVProvider):
         return make_entry(base + "/" + "/".join(rest), environ, view, seq, entry)
 
 
+def content_headers(res: File) -> list[tuple[str, str]]:
+    """What keeps a backed-up file from acting as a page of this origin, where the API
+    takes the Basic credentials a browser resends: no type sniffing, a sandbox (no
+    script, an origin of its own), and an attachment unless its type is in INLINE_TYPES."""
+    headers = [("X-Content-Type-Options", "nosniff"), ("Content-Security-Policy", "sandbox")]
+    if res.get_content_type() not in INLINE_TYPES:
+        headers.append(("Content-Disposition", "attachment; filename*=UTF-8''" + quote(res.name, safe="")))
+    return headers
+
+
 def not_modified(environ, etag: str, modified: int) -> bool:
     """RFC 9110 13.1.2-3: If-None-Match wins over If-Modified-Since; dates compare to the second."""
     if_none_match = environ.get("HTTP_IF_NONE_MATCH")
@@ -405,7 +439,8 @@ class ReadAnswers(BaseMiddleware):
     """GET and HEAD of a file, where stock wsgidav falls short of RFC 9110: a 304
     carries ETag and Last-Modified and no false length, dates compare to the second,
     If-Range is checked against the quoted ETag, and several ranges are answered as
-    multipart/byteranges (at most MAX_RANGES parts; more get the whole file)."""
+    multipart/byteranges (at most MAX_RANGES parts; more get the whole file). Every
+    answer for a file carries content_headers."""
 
     def __call__(self, environ, start_response):
         provider = environ.get("wsgidav.provider")
@@ -414,34 +449,38 @@ class ReadAnswers(BaseMiddleware):
         res = provider.get_resource_inst(environ["PATH_INFO"], environ)
         if not isinstance(res, File):
             return self.next_app(environ, start_response)
+        safety = content_headers(res)
+
+        def start(status, headers, exc_info=None):
+            return start_response(status, headers + safety, exc_info)
         etag, modified = f'"{res.get_etag()}"', int(res.get_last_modified())
         validators = [("ETag", etag), ("Last-Modified", util.get_rfc1123_time(modified))]
         if not_modified(environ, etag, modified):
-            start_response("304 Not Modified", validators)
+            start("304 Not Modified", validators)
             return [b""]
         if_range = environ.pop("HTTP_IF_RANGE", None)   # decided here; wsgidav compares it unquoted
         if if_range is not None and if_range.strip() != etag and parse_http_date(if_range) != modified:
             environ.pop("HTTP_RANGE", None)   # the file changed since: the whole of it
         header = environ.get("HTTP_RANGE", "")
         if environ["REQUEST_METHOD"] != "GET" or "," not in header:
-            return self.next_app(environ, start_response)
+            return self.next_app(environ, start)
         size = res.get_content_length()
         try:
             ranges, _ = util.obtain_content_ranges(header, size)
         except DAVError:
-            return self.next_app(environ, start_response)   # wsgidav answers 416
+            return self.next_app(environ, start)   # wsgidav answers 416
         ranges.sort()
         if len(ranges) < 2 or len(ranges) > MAX_RANGES:
             if len(ranges) > MAX_RANGES:
                 del environ["HTTP_RANGE"]
-            return self.next_app(environ, start_response)
+            return self.next_app(environ, start)
         boundary = secrets.token_hex(16)
         kind = res.get_content_type()
         heads = [(f"--{boundary}\r\nContent-Type: {kind}\r\nContent-Range: bytes {a}-{b}/{size}\r\n\r\n").encode()
                  for a, b, _ in ranges]
         closing = f"--{boundary}--\r\n".encode()
         length = sum(len(h) + n + 2 for h, (_, _, n) in zip(heads, ranges)) + len(closing)
-        start_response("206 Partial Content", [
+        start("206 Partial Content", [
             ("Content-Type", f"multipart/byteranges; boundary={boundary}"), ("Content-Length", str(length)),
             ("Accept-Ranges", "bytes"), *validators])
 
@@ -507,9 +546,10 @@ def guarded(app):
 
 
 def dav_app(root, sets, limiter):
-    """The WebDAV application for mounting at /dav."""
+    """The WebDAV application for mounting at /dav; `limiter` is the API's, so failed
+    logins count the same wherever they are tried."""
     util.public_wsgidav_info = "Ironcore"   # error pages name no library version
-    sessions = Sessions(root, limiter)
+    sessions = Sessions(Authenticator(root, limiter))
     return guarded(WsgiDAVApp({
         "mount_path": "/dav",
         "provider_mapping": {"/": SnapshotProvider(root, sets)},

@@ -1,11 +1,14 @@
 """Accounts of a data root: names, argon2id password hashes, quotas, the admin
-flag. SQLite in WAL mode, one connection per thread (cheroot serves from many).
+flag. SQLite in WAL mode, one connection per thread (cheroot serves from many);
+the database and its -wal and -shm are readable by their owner only (0600).
 
 An account removed with `remove` stops at once (it can no longer log in) but
 its volumes stay on disk until `ironfs gc`, so a mistaken removal is not yet a
 loss."""
+import base64
 import hashlib
 import hmac
+import os
 import re
 import secrets
 import sqlite3
@@ -13,6 +16,7 @@ import time
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from argon2.low_level import ARGON2_VERSION
 
 from ironfs.errors import IroncoreError, NotFound, UsageError
 
@@ -28,6 +32,7 @@ CREATE TABLE IF NOT EXISTS tokens(
 """
 TOKEN_PREFIX = "ic1"
 LAST_USED_STEP_NS = 60 * 10**9
+PRIVATE_MODE = 0o600
 
 
 class AccountExists(IroncoreError):
@@ -47,12 +52,45 @@ def check_account_name(name: str) -> str:
     return name
 
 
+def make_private(path: str) -> None:
+    """The store's files made 0600, and first the database: SQLite gives the -wal and -shm
+    it creates the database's mode. Files left group- or world-readable by an older
+    version are put right. (Only stat and chmod: opening and closing the database file
+    here would drop the POSIX locks of this process's SQLite connections to it.)"""
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, PRIVATE_MODE)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise UsageError(f"{name} holds password hashes and is readable by others, but its mode cannot be "
+                             f"changed ({exc.strerror}).", f"Run as its owner, or 'chmod 600 {name}'.") from None
+
+
+def unmatchable_hash(hasher: PasswordHasher) -> str:
+    """An argon2 hash string with the hasher's parameters and random salt and digest: no
+    password matches it, and verifying one against it costs what a real account's check
+    costs, so an unknown name answers as slowly as a wrong password."""
+    def b64(n: int) -> str:
+        return base64.b64encode(secrets.token_bytes(n)).decode().rstrip("=")
+    return (f"$argon2{hasher.type.name.lower()}$v={ARGON2_VERSION}"
+            f"$m={hasher.memory_cost},t={hasher.time_cost},p={hasher.parallelism}"
+            f"${b64(hasher.salt_len)}${b64(hasher.hash_len)}")
+
+
 class AccountStore:
     def __init__(self, path: str):
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)   # creates the file, still empty
+        try:
+            make_private(path)   # before anything is written, and before the -wal and -shm exist
+        except UsageError:
+            self.db.close()
+            raise
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.executescript(SCHEMA)
         self._hasher = PasswordHasher()   # argon2id with the library's current defaults
+        self._unknown_name_hash = unmatchable_hash(self._hasher)
 
     def close(self) -> None:
         self.db.close()
@@ -88,21 +126,28 @@ class AccountStore:
             "SELECT name, quota, admin, created_ns FROM accounts WHERE removed_ns IS NULL ORDER BY name")]
 
     def authenticate(self, name: str, password: str) -> dict:
-        """The account if the password is right; AuthFailed otherwise (same message
-        for an unknown name, so names cannot be probed)."""
+        """The account if the password is right; AuthFailed otherwise, with the same
+        message and after the same argon2 work for an unknown name, so names cannot be
+        probed."""
         try:
             row = self._row(name)
         except NotFound:
             row = None
         try:
-            if row is None:
-                raise VerificationError()
-            self._hasher.verify(row[1], password)
+            self._hasher.verify(self._unknown_name_hash if row is None else row[1], password)
         except (VerificationError, InvalidHashError):
             raise AuthFailed("Wrong account name or password.", "Check both and try again.") from None
         if self._hasher.check_needs_rehash(row[1]):
             self.db.execute("UPDATE accounts SET password_hash=? WHERE name=?", (self._hasher.hash(password), name))
         return self.get(name)
+
+    def credential(self, name: str) -> str | None:
+        """What a login of `name` cached by the server must still match to stay valid: the
+        stored password hash, which every new password (and a replica's update) replaces;
+        None once the account is removed or for no such account. One indexed read."""
+        row = self.db.execute("SELECT password_hash FROM accounts WHERE name=? AND removed_ns IS NULL",
+                              (name,)).fetchone()
+        return row[0] if row else None
 
     def set_password(self, name: str, password: str) -> None:
         self._row(name)
