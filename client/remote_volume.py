@@ -157,8 +157,8 @@ class RemoteWriter(VolumeWriter):
     def claim(self) -> None:
         """Take the set's lease (after the local lock, so two runs here cannot share one)."""
         try:
-            lease = self.remote.server.call("POST", self.remote.api("/lease"),
-                                            json={"host": config.host_name()}).json()
+            lease = self.remote.server.call("POST", self.remote.api("/lease"), json={
+                "host": config.host_name(), "machine": config.machine_id(), "pid": os.getpid()}).json()
         except ServerError as exc:
             if exc.status == 409:
                 raise VolumeBusy(exc.message, exc.hint) from None

@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 SET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PACK_NAME_RE = re.compile(r"^[0-9a-f]{64}$")
 LEASE_SECONDS = 120          # a holder renews well within this; a crashed one frees the set after it
+LOCAL_MACHINE = "server"     # the machine of lease holders that run beside the server (gc, import-seed)
+MACHINE_ID_RE = re.compile(r"^[0-9a-f]{32}$")   # a client installation's id (client.config.machine_id)
 MAX_COMMIT = 1 << 30         # a commit of ten million files is far below this
 CHUNK = 1 << 20
 USAGE_STAMP = ".usage-changed"   # touched by gc so that a running server counts the account's usage again
@@ -46,7 +48,7 @@ class QuotaExceeded(IroncoreError):
 
 
 class LeaseLost(IroncoreError):
-    """The caller's lease expired or another holder took the set over."""
+    """The caller's lease expired (it was not renewed in time)."""
 
     exit_code = 4
 
@@ -91,6 +93,14 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         pass
     return True
+
+
+def lease_holder(lease: dict) -> str:
+    """Who holds a lease, for messages: host name, machine id and process."""
+    machine, pid = lease.get("machine"), lease.get("pid")
+    parts = ([f"machine {machine}"] if machine and machine != LOCAL_MACHINE else []) + \
+        ([f"process {pid}"] if pid else [])
+    return f"{lease['host']} ({', '.join(parts)})" if parts else lease["host"]
 
 
 def read_exactly(stream, length: int, sink) -> None:
@@ -216,7 +226,7 @@ class SetStore:
         with cond:
             held = self._current_lease(account, name)
             if held is not None and not after_commit:
-                raise VolumeBusy(f"Set {name} is being backed up by {held['host']}.",
+                raise VolumeBusy(f"Set {name} is being backed up by {lease_holder(held)}.",
                                  "Apply retention when that backup has finished (it also runs after each backup).")
             seq = (vol.seqs() or [0])[-1] + 1
             commit = commitlog.CommitWriter(os.path.join(vol.root, "log"), seq,
@@ -258,32 +268,37 @@ class SetStore:
             lease = self._read_json(self._lease_path(account, name))
         except (FileNotFoundError, ValueError):
             return None
-        if lease.get("pid") and not process_alive(lease["pid"]):
+        if lease.get("machine", LOCAL_MACHINE) == LOCAL_MACHINE and lease.get("pid") \
+                and not process_alive(lease["pid"]):
             return None
         return lease if lease["expires"] > time.time() else None
 
     def _save_lease(self, account: str, name: str, lease: dict) -> None:
         write_atomic(self._lease_path(account, name), json.dumps(lease).encode())
 
-    def acquire_lease(self, account: str, name: str, host: str, pid: int | None = None) -> dict:
-        """The set for one writer: a second machine gets VolumeBusy naming the holder.
+    def acquire_lease(self, account: str, name: str, host: str, pid: int | None = None,
+                      machine: str | None = LOCAL_MACHINE) -> dict:
+        """The set for one writer, named by its machine id and process: a live lease is never
+        taken over (other machines, even of the same host name, get VolumeBusy naming the
+        holder); only the very same process may take it again (a retry whose answer was lost).
         The answer lists orphan packs (uploaded by a run that never committed) to adopt."""
         self.require(account, name)
         with self._cond(account, name):
             held = self._current_lease(account, name)
-            if held is not None and held["host"] != host:
+            if held is not None and not (machine is not None and pid is not None
+                                         and (held.get("machine"), held.get("pid")) == (machine, pid)):
                 since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(held["acquired"]))
-                raise VolumeBusy(f"Set {name} is being backed up by {held['host']} (since {since}).",
+                raise VolumeBusy(f"Set {name} is being backed up by {lease_holder(held)} (since {since}).",
                                  f"Wait for that backup to finish; if {held['host']} crashed, the set is free "
                                  f"again {int(held['expires'] - time.time()) + 1} s from now.")
             vol = self.volume(account, name)
             self._remove_partial_uploads(vol)
-            lease = {"id": secrets.token_hex(16), "host": host, "acquired": time.time(),
-                     "expires": time.time() + self.lease_seconds, "packs": [], "pid": pid}
+            lease = {"id": secrets.token_hex(16), "host": host, "machine": machine, "pid": pid,
+                     "acquired": time.time(), "expires": time.time() + self.lease_seconds, "packs": []}
             self._save_lease(account, name, lease)
             orphans = self._orphans(vol)
-        logger.info("event=lease account=%s set=%s host=%r", account, name, host)
-        return {"lease": lease["id"], "host": host, "seconds": self.lease_seconds,
+        logger.info("event=lease account=%s set=%s host=%r machine=%s pid=%s", account, name, host, machine, pid)
+        return {"lease": lease["id"], "host": host, "seconds": self.lease_seconds, "acquired": lease["acquired"],
                 "head": (vol.seqs() or [0])[-1], "orphans": [{"name": n, "size": s} for n, s in orphans]}
 
     def _remove_partial_uploads(self, vol: Volume) -> None:
@@ -302,8 +317,8 @@ class SetStore:
     def _check_lease(self, account: str, name: str, lease_id: str) -> dict:
         lease = self._current_lease(account, name)
         if lease is None or not secrets.compare_digest(lease["id"], lease_id or ""):
-            raise LeaseLost(f"This machine no longer holds set {name}: its lease expired or was taken over.",
-                            "Run the backup again.")
+            raise LeaseLost(f"This machine no longer holds set {name}: its lease expired before it was renewed.",
+                            "Run the backup again (check the network if this repeats).")
         return lease
 
     def renew_lease(self, account: str, name: str, lease_id: str) -> None:
