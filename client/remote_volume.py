@@ -80,11 +80,12 @@ class RemoteVolume(Volume):
         with open(path, "wb") as f:
             f.write(data)
         try:
-            for _ in commitlog.read_commit(path):
+            for _ in commitlog.read_commit(path, label=f"{seq} of set {self.set_name} on the server"):
                 pass
-        except CorruptData:
+        except CorruptData as exc:
             os.unlink(path)
-            raise
+            raise CorruptData(exc.message, "The server's administrator must repair the set's commit log "
+                                           "(docs/OPERATIONS.md, 'A damaged commit log').") from None
         publish(path, self.commit_path(seq))
 
     def refresh(self):

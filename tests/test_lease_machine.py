@@ -7,11 +7,10 @@ import os
 import random
 import ssl
 import subprocess
-import time
 
 import httpx
 
-from conftest import BIN, assert_same_tree
+from conftest import BIN, assert_same_tree, wait_for
 from serverkit import login, server  # noqa: F401 (server is a fixture)
 from test_remote import add_server_set, machine, make_tree, set_volume, verify_clean
 
@@ -42,11 +41,7 @@ def test_same_host_name_never_takes_a_live_lease_over(env, server, tmp_path):
     running = subprocess.Popen([BIN / "ironcore", "backup", "docs", "--json"], env=first.env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        while lease_of(server) is None:
-            assert running.poll() is None, running.communicate()
-            assert time.monotonic() < deadline, "the first machine never took the lease"
-            time.sleep(0.05)
+        wait_for(lambda: lease_of(server), 120, "the first machine to take the lease", running)
         held = second.ironcore("backup", "docs", check=False)
         still_running = running.poll() is None
         stdout, stderr = running.communicate(timeout=300)

@@ -20,7 +20,8 @@ import secrets
 import threading
 import time
 
-from ironfs.errors import CorruptData, IroncoreError, NotFound, UsageError, VolumeBusy, VolumeFormatError
+from ironfs.errors import (CorruptData, DamagedLog, DiskFull, IroncoreError, NotFound, UsageError, VolumeBusy,
+                           VolumeFormatError)
 from ironfs.format import log as commitlog, pack as packfmt
 from ironfs.format.fsutil import TMP_PREFIX, discard, publish, raise_if_full, tmp_name, write_atomic
 from ironfs.format.volume import FORMAT as VOLUME_FORMAT, Volume
@@ -161,6 +162,17 @@ class SetStore:
                 vol = self._volumes[(account, name)] = Volume(self.volume_dir(account, name))
             return vol
 
+    def check_log(self, name: str, vol: Volume) -> None:
+        """DamagedLog, for the client and the admin, unless the set's commit log verifies
+        (Volume.check_log): no commit is ever added on top of a damaged one."""
+        try:
+            vol.check_log()
+        except DamagedLog as exc:
+            raise DamagedLog(f"The commit log of set {name} on the server is damaged, so nothing can be added to "
+                             f"the set: {exc.message}",
+                             "The server's administrator must repair the log first (docs/OPERATIONS.md, "
+                             "'A damaged commit log'); 'ironfs verify' shows the damage.") from None
+
     # --- settings ------------------------------------------------------------------
     def _read_json(self, path: str) -> dict:
         with open(path) as f:
@@ -228,6 +240,7 @@ class SetStore:
             if held is not None and not after_commit:
                 raise VolumeBusy(f"Set {name} is being backed up by {lease_holder(held)}.",
                                  "Apply retention when that backup has finished (it also runs after each backup).")
+            self.check_log(name, vol)
             seq = (vol.seqs() or [0])[-1] + 1
             commit = commitlog.CommitWriter(os.path.join(vol.root, "log"), seq,
                                             {"kind": "forget", "time_ns": time.time_ns(), "host": "server"})
@@ -292,11 +305,12 @@ class SetStore:
                                  f"Wait for that backup to finish; if {held['host']} crashed, the set is free "
                                  f"again {int(held['expires'] - time.time()) + 1} s from now.")
             vol = self.volume(account, name)
+            self.check_log(name, vol)
             self._remove_partial_uploads(vol)
             lease = {"id": secrets.token_hex(16), "host": host, "machine": machine, "pid": pid,
                      "acquired": time.time(), "expires": time.time() + self.lease_seconds, "packs": []}
             self._save_lease(account, name, lease)
-            orphans = self._orphans(vol)
+            orphans = self.orphan_packs(vol)
         logger.info("event=lease account=%s set=%s host=%r machine=%s pid=%s", account, name, host, machine, pid)
         return {"lease": lease["id"], "host": host, "seconds": self.lease_seconds, "acquired": lease["acquired"],
                 "head": (vol.seqs() or [0])[-1], "orphans": [{"name": n, "size": s} for n, s in orphans]}
@@ -310,7 +324,8 @@ class SetStore:
                 if entry.startswith(TMP_PREFIX):
                     os.unlink(os.path.join(folder, entry))
 
-    def _orphans(self, vol: Volume) -> list[tuple[str, int]]:
+    def orphan_packs(self, vol: Volume) -> list[tuple[str, int]]:
+        """(name, size) of pack files that no commit names (a run died or was refused)."""
         live = {n for (n,) in vol.refresh().db.execute("SELECT name FROM packs")}
         return [(n, os.path.getsize(p)) for n, p in sorted(vol.all_pack_files().items()) if n not in live]
 
@@ -383,7 +398,8 @@ class SetStore:
             self._usage_seen[account] = self._usage_stamp(account)
 
     def _drop_run(self, account: str, name: str, lease: dict) -> None:
-        """Remove the packs the lease holder uploaded and no commit names (quota refusal)."""
+        """Remove the packs the lease holder uploaded and no commit names (a refusal over
+        quota or for a full disk)."""
         vol = self.volume(account, name)
         live = {n for (n,) in vol.refresh().db.execute("SELECT name FROM packs")}
         for pack_name in lease["packs"]:
@@ -398,6 +414,21 @@ class SetStore:
                 pass
         lease["packs"] = []
         self._save_lease(account, name, lease)
+
+    def _note_run_pack(self, account: str, name: str, lease_id: str, pack_name: str) -> None:
+        """Add a pack to those the lease's run uploaded (removed if the run is refused)."""
+        with self._cond(account, name):
+            lease = self._current_lease(account, name)
+            if lease is not None and lease["id"] == lease_id:
+                lease["packs"].append(pack_name)
+                self._save_lease(account, name, lease)
+
+    def _refuse_run(self, account: str, name: str, lease_id: str) -> None:
+        """The disk filled during the lease's run: remove what it uploaded."""
+        with self._cond(account, name):
+            lease = self._current_lease(account, name)
+            if lease is not None and lease["id"] == lease_id:
+                self._drop_run(account, name, lease)
 
     # --- data in ---------------------------------------------------------------------
     def receive_pack(self, account: str, name: str, lease_id: str, pack_name: str, stream, length: int,
@@ -419,31 +450,30 @@ class SetStore:
                 self._drop_run(account, name, lease)
                 raise
         folder = os.path.dirname(final)
-        os.makedirs(folder, exist_ok=True)
         tmp = tmp_name(folder, "upload-")
-        f = open(tmp, "wb")
+        f = None
         try:
-            h = hashlib.sha256()
-            read_exactly(stream, length, lambda chunk: (h.update(chunk), f.write(chunk)))
-            if h.hexdigest() != pack_name:
-                raise CorruptData(f"Pack {pack_name} was rejected whole: its bytes hash to {h.hexdigest()}.",
-                                  "Send it again; it was damaged on the way.")
-            f.close()
-            packfmt.read_index(tmp)
-            publish(tmp, final)
-        except OSError as exc:
-            discard(f, tmp)
+            try:
+                os.makedirs(folder, exist_ok=True)
+                f = open(tmp, "wb")
+                h = hashlib.sha256()
+                read_exactly(stream, length, lambda chunk: (h.update(chunk), f.write(chunk)))
+                if h.hexdigest() != pack_name:
+                    raise CorruptData(f"Pack {pack_name} was rejected whole: its bytes hash to {h.hexdigest()}.",
+                                      "Send it again; it was damaged on the way.")
+                f.close()
+                packfmt.read_index(tmp)
+                self._note_run_pack(account, name, lease_id, pack_name)   # first, so a refused run removes it
+                publish(tmp, final)
+            except OSError as exc:
+                raise_if_full(exc, f"pack {pack_name}")
+        except BaseException as exc:
+            if f is not None:
+                discard(f, tmp)
             self._release(account, length)
-            raise_if_full(exc, f"pack {pack_name}")
-        except BaseException:
-            discard(f, tmp)
-            self._release(account, length)
+            if isinstance(exc, DiskFull):   # as over quota: keep nothing of the run, or every retry fails the same
+                self._refuse_run(account, name, lease_id)
             raise
-        with self._cond(account, name):
-            lease = self._current_lease(account, name)
-            if lease is not None and lease["id"] == lease_id:
-                lease["packs"].append(pack_name)
-                self._save_lease(account, name, lease)
         logger.info("event=pack account=%s set=%s pack=%s bytes=%d", account, name, pack_name, length)
         return True
 
@@ -463,6 +493,7 @@ class SetStore:
             try:
                 read_exactly(stream, length, lambda chunk: (h.update(chunk), f.write(chunk)))
                 f.close()
+                self.check_log(name, vol)
                 final = vol.commit_path(seq)
                 head = (vol.seqs() or [0])[-1]
                 if seq <= head:
@@ -490,7 +521,11 @@ class SetStore:
                     raise
             except OSError as exc:
                 discard(f, tmp)
-                raise_if_full(exc, f"commit {seq}")
+                try:
+                    raise_if_full(exc, f"commit {seq}")
+                except DiskFull:
+                    self._drop_run(account, name, lease)
+                    raise
             finally:
                 discard(f, tmp)
             lease["packs"] = []
