@@ -9,6 +9,7 @@ import random
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -232,6 +233,7 @@ def test_gc_retires_a_damaged_pack_once_the_next_backup_healed_it(env, server, t
     subprocess.run(["cp", "-a", str(src), str(snap1)], check=True, timeout=60)
     volume = set_volume(server)
     pack, pack_path, entry = blob_location(volume, src, "docs/victim.bin", extent=1)
+    pack_path = Path(pack_path)
     flip_byte(pack_path, entry.offset + entry.length // 2)
 
     read_data = ["verify", "alice", "docs", "--data-root", server.root, "--read-data", "--password-stdin"]

@@ -399,7 +399,8 @@ class SetStore:
 
     def _drop_run(self, account: str, name: str, lease: dict) -> None:
         """Remove the packs the lease holder uploaded and no commit names (a refusal over
-        quota or for a full disk)."""
+        quota or for a full disk), and end its lease: the run is over, nothing more of it
+        gets in (an upload still on its way is refused before it is published)."""
         vol = self.volume(account, name)
         live = {n for (n,) in vol.refresh().db.execute("SELECT name FROM packs")}
         for pack_name in lease["packs"]:
@@ -412,16 +413,15 @@ class SetStore:
                 self._release(account, size)
             except FileNotFoundError:
                 pass
-        lease["packs"] = []
-        self._save_lease(account, name, lease)
+        os.unlink(self._lease_path(account, name))
 
     def _note_run_pack(self, account: str, name: str, lease_id: str, pack_name: str) -> None:
-        """Add a pack to those the lease's run uploaded (removed if the run is refused)."""
+        """Add a pack to those the lease's run uploaded (removed if the run is refused);
+        LeaseLost if the run has ended meanwhile (refused, or its lease expired)."""
         with self._cond(account, name):
-            lease = self._current_lease(account, name)
-            if lease is not None and lease["id"] == lease_id:
-                lease["packs"].append(pack_name)
-                self._save_lease(account, name, lease)
+            lease = self._check_lease(account, name, lease_id)
+            lease["packs"].append(pack_name)
+            self._save_lease(account, name, lease)
 
     def _refuse_run(self, account: str, name: str, lease_id: str) -> None:
         """The disk filled during the lease's run: remove what it uploaded."""
