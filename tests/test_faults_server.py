@@ -130,9 +130,9 @@ def test_gc_removes_the_packs_a_dead_run_left(env, tmp_path):
         lease = volume.parent / "lease.json"
         wait_for(lambda: json.loads(lease.read_text())["expires"] < time.time(), 60, "the dead run's lease to end")
         report = json.loads(env.ironfs("gc", "alice", "docs", "--data-root", srv.root, "--json").stdout)[0]
+        assert {p.name for p in server_packs(volume)} == committed_packs(volume) == set(), "gc kept the orphans"
         assert sorted(report["orphans"]) == sorted(orphans), report
         assert report["bytes_freed"] >= held * 0.9, report
-        assert {p.name for p in server_packs(volume)} == committed_packs(volume) == set()
         wait_for(lambda: usage(srv) < MiB, 30, "the server to count the freed bytes")
         verified = env.ironfs("verify", "alice", "docs", "--data-root", srv.root).stdout.decode()
         assert "clean" in verified and "not referenced" not in verified, verified
@@ -243,16 +243,16 @@ def test_gc_retires_a_damaged_pack_once_the_next_backup_healed_it(env, server, t
 
     # gc leaves a damaged pack alone until the blob has a sound copy ...
     report = json.loads(env.ironfs("gc", "alice", "docs", "--data-root", server.root, "--json").stdout)[0]
-    assert report["damaged_retired"] == [] and pack_path.exists(), report
+    assert pack_path.exists() and not report.get("damaged_retired"), report
     # ... which the next backup stores
     assert env.backup_json("docs")["snapshot"] == 3
     assert env.ironfs("verify", "alice", "docs", "--data-root", server.root, check=False).returncode == 1
 
     report = json.loads(env.ironfs("gc", "alice", "docs", "--data-root", server.root, "--json").stdout)[0]
-    assert report["damaged_retired"] == [pack] and pack in report["repacked"], report
-    assert not pack_path.exists()
     clean = env.ironfs(*read_data, input=ALICE_PW, check=False)
     assert clean.returncode == 0 and b"clean" in clean.stdout, clean.stdout
+    assert not pack_path.exists()
+    assert report["damaged_retired"] == [pack] and pack in report["repacked"], report
     assert len(list((volume / "log").glob("*.commit"))) == 4   # the repack, and no damage recorded again
 
     for who in (env, machine(tmp_path, "fresh")):
