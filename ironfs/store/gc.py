@@ -3,11 +3,13 @@
 After retention has forgotten snapshots, their data may be used by nothing
 listed. gc finds the blobs that listed snapshots use (file data and delta
 signatures), drops packs with no such blob, and rewrites packs that are
-mostly dead by copying their live blobs, still sealed, into new packs. One
-`repack` commit records it: `uncontent` for contents nothing listed uses, then
-`drop` for the old packs, then `pack` for the new ones. The order on disk
+mostly dead, or damaged and healed since, by copying their live blobs, still
+sealed, into new packs. One `repack` commit records it: `uncontent` for
+contents nothing listed uses, then `drop` for the old packs, then `pack` for
+the new ones. The order on disk
 keeps every step crash-safe: new packs are published before the commit (a
-crash leaves orphans, which the next writer adopts), and old pack files are
+crash leaves orphans, which the next writer adopts or the next gc deletes,
+as it deletes those of dead or refused backup runs), and old pack files are
 deleted only after the commit is durable (a crash leaves dropped files, which
 the next gc deletes). gc holds the set's writer lease throughout, so no
 backup runs that could still reference what it drops; the next backup's
@@ -40,7 +42,7 @@ def _collect(sets, account: str, name: str, dry_run: bool, leased_at: float) -> 
     catalog = vol.refresh()
     # Orphans: packs that no commit names, uploaded before gc took the set's lease (so by
     # runs that died or were refused; a live run would hold the lease): nothing adopts them.
-    orphans = [(n, s) for n, s in sets.orphan_packs(vol) if os.path.getmtime(vol.pack_path(n)) < leased_at]
+    orphans = [n for n, _ in sets.orphan_packs(vol) if os.path.getmtime(vol.pack_path(n)) < leased_at]
     live = sqlite3.connect("", isolation_level=None)   # a private temporary file: memory stays bounded
     live.execute("CREATE TABLE b(id BLOB PRIMARY KEY) WITHOUT ROWID")
     batch = []
@@ -52,7 +54,7 @@ def _collect(sets, account: str, name: str, dry_run: bool, leased_at: float) -> 
     live.executemany("INSERT OR IGNORE INTO b VALUES(?)", batch)
     report = {"set": name, "packs_before": 0, "bytes_before": 0, "dropped": [], "repacked": [], "new_packs": [],
               "bytes_freed": 0, "dry_run": dry_run, "commit": None,
-              "orphans": [n for n, _ in orphans], "damaged_retired": []}
+              "orphans": orphans, "damaged_retired": []}
     healed = set(_healed_damaged_packs(vol, catalog, live))
     plans = []
     for pack, size in catalog.live_packs():
@@ -75,7 +77,7 @@ def _collect(sets, account: str, name: str, dry_run: bool, leased_at: float) -> 
     dead_contents = list(catalog.dead_contents())
     report["dead_contents"] = len(dead_contents)
     if not dry_run:
-        report["bytes_freed"] += _remove_orphans(sets, account, vol, orphans)
+        report["bytes_freed"] += _delete_packs(sets, account, vol, report["orphans"])
     if dry_run or not (report["dropped"] or report["repacked"] or dead_contents):
         _remove_dropped_files(sets, account, vol, catalog)
         return report
@@ -144,23 +146,16 @@ def _replaced(catalog, live, pack: str, blob_id: bytes) -> bool:
         live.execute("SELECT 1 FROM b WHERE id=?", (blob_id,)).fetchone() is None
 
 
-def _remove_orphans(sets, account: str, vol, orphans: list[tuple[str, int]]) -> int:
-    """Delete packs no commit names (see _collect); the bytes freed."""
-    freed = 0
-    for pack, size in orphans:
-        try:
-            os.unlink(vol.pack_path(pack))
-        except FileNotFoundError:
-            continue
-        sets.count_stored(account, -size)
-        freed += size
-    return freed
-
-
 def _remove_dropped_files(sets, account: str, vol, catalog) -> int:
     """Delete the files of packs the log has dropped (also those an interrupted gc left)."""
+    return _delete_packs(sets, account, vol, [pack for (pack,) in catalog.db.execute(
+        "SELECT name FROM packs WHERE dropped IS NOT NULL").fetchall()])
+
+
+def _delete_packs(sets, account: str, vol, packs) -> int:
+    """Delete these pack files (those still there) from the account's usage and the disk; the bytes freed."""
     freed = 0
-    for (pack,) in catalog.db.execute("SELECT name FROM packs WHERE dropped IS NOT NULL").fetchall():
+    for pack in packs:
         path = vol.pack_path(pack)
         try:
             size = os.path.getsize(path)
