@@ -9,8 +9,9 @@ What a client sends is checked before it becomes part of a volume: a pack must
 hash to its name and carry a readable index; a commit must pass its own hash,
 be the next in sequence, be a snapshot (never a forget or drop: history is
 removed only by the server), and name only packs that are present. Anything
-that fails is removed whole, and a refusal over quota also removes what the
-refused run had uploaded, so nothing of it is kept."""
+that fails is removed whole, and a refusal over quota or for a full disk also
+removes what the refused run had uploaded and ends its lease, so nothing of it
+is kept. No commit is added on top of a commit log that does not verify."""
 import hashlib
 import json
 import logging
