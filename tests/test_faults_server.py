@@ -122,13 +122,12 @@ def test_gc_removes_the_packs_a_dead_run_left(env, tmp_path):
         died = env.ironcore("backup", "docs", env=dict(env.env, IRONCORE_CRASH_AT="pack-published:4"), check=False)
         assert died.returncode < 0, died.stderr
         volume = set_volume(srv)
+        lease = volume.parent / "lease.json"   # once it has ended, no upload of the dead run can land any more
+        wait_for(lambda: json.loads(lease.read_text())["expires"] < time.time(), 60, "the dead run's lease to end")
         orphans = {p.name for p in server_packs(volume)} - committed_packs(volume)
         assert orphans, "the killed run left no pack on the server"
         held = usage(srv)
         assert held >= len(orphans) * 15 * MiB
-
-        lease = volume.parent / "lease.json"
-        wait_for(lambda: json.loads(lease.read_text())["expires"] < time.time(), 60, "the dead run's lease to end")
         report = json.loads(env.ironfs("gc", "alice", "docs", "--data-root", srv.root, "--json").stdout)[0]
         assert {p.name for p in server_packs(volume)} == committed_packs(volume) == set(), "gc kept the orphans"
         assert sorted(report["orphans"]) == sorted(orphans), report
