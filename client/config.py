@@ -2,13 +2,14 @@
 one JSON file per backup set in sets/, and the file caches in cache/."""
 import json
 import os
+import secrets
 import socket
 import sys
 from dataclasses import asdict, dataclass, field
 from urllib.parse import unquote, urlparse
 
 from ironfs.errors import NotFound, UsageError
-from ironfs.format.fsutil import write_atomic
+from ironfs.format.fsutil import tmp_name, write_atomic
 from ironfs.store.sets import check_set_name
 
 
@@ -22,6 +23,29 @@ def home() -> str:
 def host_name() -> str:
     """This machine's name as servers see it (IRONCORE_HOSTNAME overrides, e.g. in containers)."""
     return os.environ.get("IRONCORE_HOSTNAME") or socket.gethostname()
+
+
+def machine_id() -> str:
+    """This installation's id (random, made at login, kept in $IRONCORE_HOME/machine-id):
+    a server's writer lease names it, so machines that share a host name (cloned VMs,
+    containers) never take each other's lease over."""
+    path = os.path.join(home(), "machine-id")
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        pass
+    tmp = tmp_name(home())
+    with open(tmp, "w") as f:
+        f.write(secrets.token_hex(16) + "\n")
+    try:
+        os.link(tmp, path)   # never replaces an id another process made first
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+    with open(path) as f:
+        return f.read().strip()
 
 
 @dataclass

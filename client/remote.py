@@ -293,6 +293,7 @@ def login(url: str, account: str, password: str, expected_fingerprint: str | Non
                 f"The server's certificate changed: pinned {previous['fingerprint']}, now {fingerprint_now}.",
                 f"If the administrator confirms it, log in with --fingerprint {fingerprint_now}.")
     client = ServerClient(url, cert, auth=(account, password))
+    config.machine_id()   # made now, so this installation's leases name it from its first backup
     try:
         token = client.request("POST", "/api/v1/tokens", json={"host": config.host_name()}).json()["token"]
     finally:

@@ -81,11 +81,12 @@ class RemoteVolume(Volume):
         with open(path, "wb") as f:
             f.write(data)
         try:
-            for _ in commitlog.read_commit(path):
+            for _ in commitlog.read_commit(path, label=f"{seq} of set {self.set_name} on the server"):
                 pass
-        except CorruptData:
+        except CorruptData as exc:
             os.unlink(path)
-            raise
+            raise CorruptData(exc.message, "The server's administrator must repair the set's commit log "
+                                           "(docs/OPERATIONS.md, 'A damaged commit log').") from None
         publish(path, self.commit_path(seq))
 
     def refresh(self):
@@ -183,8 +184,8 @@ class RemoteWriter(VolumeWriter):
     def claim(self) -> None:
         """Take the set's lease (after the local lock, so two runs here cannot share one)."""
         try:
-            lease = self.remote.server.call("POST", self.remote.api("/lease"),
-                                            json={"host": config.host_name()}).json()
+            lease = self.remote.server.call("POST", self.remote.api("/lease"), json={
+                "host": config.host_name(), "machine": config.machine_id(), "pid": os.getpid()}).json()
         except ServerError as exc:
             if exc.status == 409:
                 raise VolumeBusy(exc.message, exc.hint) from None

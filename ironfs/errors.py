@@ -38,6 +38,11 @@ class MissingData(IroncoreError):
     """A blob, pack or commit that the catalog names is not there."""
 
 
+class DamagedLog(IroncoreError):
+    """The commit log does not verify (a commit is missing, cut short or altered):
+    nothing may be committed on top of it until it is repaired."""
+
+
 class VolumeBusy(IroncoreError):
     """Another writer holds the volume."""
 

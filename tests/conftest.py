@@ -5,6 +5,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,18 @@ def assert_same_tree(a: Path, b: Path) -> None:
     assert sorted(da) == sorted(db), f"entries differ: only in source {set(da) - set(db)}, only in restore {set(db) - set(da)}"
     for k in da:
         assert da[k] == db[k], f"{k!r} differs:\n source  {da[k]}\n restore {db[k]}"
+
+
+def wait_for(predicate, timeout: float, what: str, proc=None):
+    """The first true value of predicate(), polled until `timeout` s have passed; fails if
+    `proc` (a Popen) ends first. Tests wait on conditions like this, never on fixed sleeps."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the process exited {proc.returncode} while waiting for {what}: "
+                                 f"{proc.stderr.read().decode(errors='replace')}")
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

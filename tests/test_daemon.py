@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 
-from conftest import BIN, assert_same_tree
+from conftest import BIN, assert_same_tree, wait_for
 from serverkit import login, server  # noqa: F401 (server is a fixture)
 from test_remote import add_server_set, set_volume
 
@@ -20,19 +20,6 @@ def reports_on_server(server, name="docs", account="alice") -> list[dict]:
     if not folder.is_dir():
         return []
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-
-
-def wait_for(predicate, timeout: float, what: str, proc=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the daemon exited {proc.returncode} while waiting for {what}: "
-                                 f"{proc.stderr.read().decode(errors='replace')}")
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def one_file_set(env, server, tmp_path, text: str = "a\n"):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import BIN, Env, assert_same_tree
+from conftest import BIN, Env, assert_same_tree, wait_for
 from serverkit import ADMIN_PW, Server, login, make_root, server  # noqa: F401 (server is a fixture)
 
 MiB = 1 << 20
@@ -139,7 +139,7 @@ def test_quota_exceeded_keeps_nothing(env, server, tmp_path):
 
 def test_second_machine_sees_the_set_and_the_lease_names_its_holder(env, tmp_path):
     make_root(env, tmp_path / "root")
-    srv = Server(tmp_path / "root", extra=["--lease-seconds", "3"])
+    srv = Server(tmp_path / "root", extra=["--lease-seconds", "15"])   # outlives b's attempt on a busy machine
     try:
         src = tmp_path / "src"
         make_tree(src, random.Random(2), big=20 * MiB)
@@ -164,7 +164,9 @@ def test_second_machine_sees_the_set_and_the_lease_names_its_holder(env, tmp_pat
         assert held.returncode == 4 and b"machine-a" in held.stderr, held.stderr
         verify_clean(b, srv.root)
 
-        time.sleep(3.5)   # the dead holder's lease runs out
+        lease = set_volume(srv).parent / "lease.json"
+        wait_for(lambda: json.loads(lease.read_text())["expires"] < time.time(), 60,
+                 "the dead holder's lease to run out")
         report = json.loads(b.ironcore("backup", "docs", "--json").stdout)
         assert report["snapshot"] == 1
         out = tmp_path / "out"
@@ -201,8 +203,7 @@ def test_server_killed_mid_backup_then_restarted_the_client_retry_finishes(env, 
         time.sleep(0.005)
     assert client.poll() is None, "the backup finished before the server could be killed"
     srv.proc.kill()
-    srv.proc.wait()
-    time.sleep(1)
+    srv.proc.wait()   # gone, and its socket with it: the new one can listen at once
     srv = Server(tmp_path / "root", listen=f"127.0.0.1:{port}")
     try:
         stdout, stderr = client.communicate(timeout=300)

@@ -358,7 +358,8 @@ def gc(account_name, set_name, data_root, dry_run, as_json):
         return
     for r in reports:
         click.echo(f"{r['set']}: {len(r['dropped'])} packs dropped, {len(r['repacked'])} rewritten into "
-                   f"{len(r['new_packs'])}, {r['dead_contents']} file versions' data released"
+                   f"{len(r['new_packs'])} ({len(r['damaged_retired'])} damaged and healed), "
+                   f"{len(r['orphans'])} orphan packs removed, {r['dead_contents']} file versions' data released"
                    + (" (dry run: nothing changed)" if dry_run else f", {format_size(max(r['bytes_freed'], 0))} freed"))
     click.echo(f"usage of {account_name}: {format_size(sets.usage(account_name))}")
 

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS versions(id INTEGER PRIMARY KEY, path INTEGER NOT NUL
     size INTEGER, content BLOB, target BLOB, xattrs BLOB, rdev INTEGER, link INTEGER);
 CREATE INDEX IF NOT EXISTS versions_path ON versions(path, born);
 CREATE INDEX IF NOT EXISTS versions_content ON versions(content);
+CREATE TABLE IF NOT EXISTS checked_commits(seq INTEGER PRIMARY KEY, size INTEGER NOT NULL, trailer BLOB NOT NULL);
 """
 
 # Tables whose rows are derived from the log; `verify` compares them with a rebuild.

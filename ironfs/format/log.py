@@ -137,10 +137,11 @@ class _LimitedHashingReader(io.RawIOBase):
         return n
 
 
-def read_commit(path: str):
+def read_commit(path: str, label: str | None = None):
     """Yield the records of a commit. Raises CorruptData (possibly after some records)
-    if the file is truncated, altered or malformed: apply inside a transaction."""
-    name = os.path.basename(path)
+    if the file is truncated, altered or malformed: apply inside a transaction.
+    Messages name the file, or `label` (a commit held under a temporary name)."""
+    name = label or os.path.basename(path)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size < len(HEADER) + TRAILER_LEN:
@@ -187,6 +188,13 @@ def read_commit(path: str):
             pass
         if f.read(TRAILER_LEN) != h.digest():
             raise CorruptData(f"Commit {name} fails its SHA-256 check.")
+
+
+def read_trailer(path: str) -> tuple[int, bytes]:
+    """(size, closing SHA-256) of a commit file, unchecked: what `Volume.check_log` compares."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        return size, os.pread(f.fileno(), TRAILER_LEN, max(size - TRAILER_LEN, 0))
 
 
 def read_header(path: str) -> dict:

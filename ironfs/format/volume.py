@@ -23,8 +23,8 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ironfs.errors import (CorruptData, DiskFull, IroncoreError, MissingData, VolumeBusy, VolumeFormatError,
-                           WrongSecret)
+from ironfs.errors import (CorruptData, DamagedLog, DiskFull, IroncoreError, MissingData, VolumeBusy,
+                           VolumeFormatError, WrongSecret)
 from ironfs.format import crypto, directio, log as commitlog, pack as packfmt
 from ironfs.format.blobfilter import BlobFilter
 from ironfs.format.catalog import Catalog, remove_catalog_files
@@ -266,6 +266,47 @@ class Volume:
                 raise CorruptData(f"The commit log of {self.root} has a gap: commit {expect} is missing.")
         return seqs
 
+    def check_log(self) -> None:
+        """DamagedLog unless every commit is still as it was when first read whole: there,
+        of the same size, with the same closing SHA-256. That costs a stat and a 32-byte
+        read per commit; a commit not checked before is read whole once (and recorded in
+        the catalog). Writers call this before adding a commit, so that none is ever added
+        on top of a damaged log (a full read of every byte is `ironfs verify`'s work)."""
+        try:
+            seqs = self.seqs()
+            cat = self.catalog()
+        except CorruptData as exc:
+            raise DamagedLog(exc.message) from None
+        checked = {seq: (size, bytes(trailer)) for seq, size, trailer in
+                   cat.db.execute("SELECT seq, size, trailer FROM checked_commits")}
+        new = []
+        for seq in seqs:
+            path = self.commit_path(seq)
+            name = commitlog.commit_name(seq)
+            try:
+                size, trailer = commitlog.read_trailer(path)
+            except FileNotFoundError:
+                raise DamagedLog(f"Commit {seq} ({name}) of {self.root} is missing.") from None
+            if seq in checked:
+                if size != checked[seq][0]:
+                    raise DamagedLog(f"Commit {seq} ({name}) of {self.root} is damaged: it is {size} bytes long, "
+                                     f"not the {checked[seq][0]} it had when it was checked.")
+                if trailer != checked[seq][1]:
+                    raise DamagedLog(f"Commit {seq} ({name}) of {self.root} is damaged: its closing SHA-256 "
+                                     "changed since it was checked.")
+                continue
+            try:
+                for _ in commitlog.read_commit(path):
+                    pass
+            except CorruptData as exc:
+                raise DamagedLog(f"Commit {seq} of {self.root} is damaged: {exc.message}") from None
+            new.append((seq, size, trailer))
+        try:
+            cat.db.executemany("INSERT OR REPLACE INTO checked_commits VALUES(?,?,?)", new)
+            cat.db.execute("DELETE FROM checked_commits WHERE seq > ?", (len(seqs),))   # a log cut back by a repair
+        except sqlite3.OperationalError as exc:   # a full disk: the record only saves the next check a read
+            logger.warning("could not record the checked commits of %s: %s", self.root, exc)
+
     def commit_path(self, seq: int) -> str:
         return os.path.join(self.root, "log", commitlog.commit_name(seq))
 
@@ -471,6 +512,7 @@ class VolumeWriter:
         self._packs_dir = os.path.join(volume.root, "packs")
         self._remove_tmp_files()
         self.catalog = volume.refresh()
+        volume.check_log()
         self.seq = (volume.seqs() or [0])[-1] + 1
         known = self.catalog.db.execute("SELECT count(*) FROM blobs").fetchone()[0]
         self.filter = BlobFilter(known + (1 << 18))   # every blob known to the catalog or this run

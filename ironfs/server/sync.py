@@ -17,7 +17,7 @@ from ironfs.errors import Forbidden, IroncoreError, NotFound, UsageError, WrongS
 from ironfs.format import crypto, log as commitlog, pack as packfmt
 from ironfs.server.responses import json_response
 from ironfs.store import retention
-from ironfs.store.sets import PACK_NAME_RE
+from ironfs.store.sets import MACHINE_ID_RE, PACK_NAME_RE
 
 logger = logging.getLogger(__name__)
 
@@ -133,10 +133,16 @@ class SyncApi:
 
     # --- backing up -------------------------------------------------------------------
     def acquire_lease(self, request, account, set_name):
-        host = str(self.json_body(request).get("host", ""))[:255]
+        body = self.json_body(request)
+        host = str(body.get("host", ""))[:255]
         if not host:
             raise UsageError("A lease needs the machine's host name.")
-        return json_response(self.sets.acquire_lease(account["name"], set_name, host), 201)
+        machine, pid = body.get("machine"), body.get("pid")
+        if machine is not None and not (isinstance(machine, str) and MACHINE_ID_RE.fullmatch(machine)):
+            raise UsageError("A lease's machine is the installation's id: 32 hex digits.")
+        if pid is not None and not (type(pid) is int and 0 < pid < 1 << 32):
+            raise UsageError("A lease's pid is the holder's process number.")
+        return json_response(self.sets.acquire_lease(account["name"], set_name, host, pid, machine), 201)
 
     def renew_lease(self, request, account, set_name):
         self.sets.renew_lease(account["name"], set_name, request.headers.get(LEASE_HEADER, ""))

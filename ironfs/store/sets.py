@@ -9,8 +9,9 @@ What a client sends is checked before it becomes part of a volume: a pack must
 hash to its name and carry a readable index; a commit must pass its own hash,
 be the next in sequence, be a snapshot (never a forget or drop: history is
 removed only by the server), and name only packs that are present. Anything
-that fails is removed whole, and a refusal over quota also removes what the
-refused run had uploaded, so nothing of it is kept."""
+that fails is removed whole, and a refusal over quota or for a full disk also
+removes what the refused run had uploaded and ends its lease, so nothing of it
+is kept. No commit is added on top of a commit log that does not verify."""
 import hashlib
 import json
 import logging
@@ -20,7 +21,8 @@ import secrets
 import threading
 import time
 
-from ironfs.errors import CorruptData, IroncoreError, NotFound, UsageError, VolumeBusy, VolumeFormatError
+from ironfs.errors import (CorruptData, DamagedLog, DiskFull, IroncoreError, NotFound, UsageError, VolumeBusy,
+                           VolumeFormatError)
 from ironfs.format import log as commitlog, pack as packfmt
 from ironfs.format.fsutil import TMP_PREFIX, discard, publish, raise_if_full, tmp_name, write_atomic
 from ironfs.format.volume import FORMAT as VOLUME_FORMAT, Volume
@@ -32,6 +34,8 @@ logger = logging.getLogger(__name__)
 SET_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PACK_NAME_RE = re.compile(r"^[0-9a-f]{64}$")
 LEASE_SECONDS = 120          # a holder renews well within this; a crashed one frees the set after it
+LOCAL_MACHINE = "server"     # the machine of lease holders that run beside the server (gc, import-seed)
+MACHINE_ID_RE = re.compile(r"^[0-9a-f]{32}$")   # a client installation's id (client.config.machine_id)
 MAX_COMMIT = 1 << 30         # a commit of ten million files is far below this
 CHUNK = 1 << 20
 USAGE_STAMP = ".usage-changed"   # touched by gc so that a running server counts the account's usage again
@@ -46,7 +50,7 @@ class QuotaExceeded(IroncoreError):
 
 
 class LeaseLost(IroncoreError):
-    """The caller's lease expired or another holder took the set over."""
+    """The caller's lease expired (it was not renewed in time)."""
 
     exit_code = 4
 
@@ -93,6 +97,14 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         pass
     return True
+
+
+def lease_holder(lease: dict) -> str:
+    """Who holds a lease, for messages: host name, machine id and process."""
+    machine, pid = lease.get("machine"), lease.get("pid")
+    parts = ([f"machine {machine}"] if machine and machine != LOCAL_MACHINE else []) + \
+        ([f"process {pid}"] if pid else [])
+    return f"{lease['host']} ({', '.join(parts)})" if parts else lease["host"]
 
 
 def read_exactly(stream, length: int, sink) -> None:
@@ -152,6 +164,17 @@ class SetStore:
             if vol is None:
                 vol = self._volumes[(account, name)] = Volume(self.volume_dir(account, name))
             return vol
+
+    def check_log(self, name: str, vol: Volume) -> None:
+        """DamagedLog, for the client and the admin, unless the set's commit log verifies
+        (Volume.check_log): no commit is ever added on top of a damaged one."""
+        try:
+            vol.check_log()
+        except DamagedLog as exc:
+            raise DamagedLog(f"The commit log of set {name} on the server is damaged, so nothing can be added to "
+                             f"the set: {exc.message}",
+                             "The server's administrator must repair the log first (docs/OPERATIONS.md, "
+                             "'A damaged commit log'); 'ironfs verify' shows the damage.") from None
 
     # --- settings ------------------------------------------------------------------
     def _read_json(self, path: str) -> dict:
@@ -218,8 +241,9 @@ class SetStore:
         with cond:
             held = self._current_lease(account, name)
             if held is not None and not after_commit:
-                raise VolumeBusy(f"Set {name} is being backed up by {held['host']}.",
+                raise VolumeBusy(f"Set {name} is being backed up by {lease_holder(held)}.",
                                  "Apply retention when that backup has finished (it also runs after each backup).")
+            self.check_log(name, vol)
             seq = (vol.seqs() or [0])[-1] + 1
             commit = commitlog.CommitWriter(os.path.join(vol.root, "log"), seq,
                                             {"kind": "forget", "time_ns": time.time_ns(), "host": "server"})
@@ -260,32 +284,38 @@ class SetStore:
             lease = self._read_json(self._lease_path(account, name))
         except (FileNotFoundError, ValueError):
             return None
-        if lease.get("pid") and not process_alive(lease["pid"]):
+        if lease.get("machine", LOCAL_MACHINE) == LOCAL_MACHINE and lease.get("pid") \
+                and not process_alive(lease["pid"]):
             return None
         return lease if lease["expires"] > time.time() else None
 
     def _save_lease(self, account: str, name: str, lease: dict) -> None:
         write_atomic(self._lease_path(account, name), json.dumps(lease).encode())
 
-    def acquire_lease(self, account: str, name: str, host: str, pid: int | None = None) -> dict:
-        """The set for one writer: a second machine gets VolumeBusy naming the holder.
+    def acquire_lease(self, account: str, name: str, host: str, pid: int | None = None,
+                      machine: str | None = LOCAL_MACHINE) -> dict:
+        """The set for one writer, named by its machine id and process: a live lease is never
+        taken over (other machines, even of the same host name, get VolumeBusy naming the
+        holder); only the very same process may take it again (a retry whose answer was lost).
         The answer lists orphan packs (uploaded by a run that never committed) to adopt."""
         self.require(account, name)
         with self._cond(account, name):
             held = self._current_lease(account, name)
-            if held is not None and held["host"] != host:
+            if held is not None and not (machine is not None and pid is not None
+                                         and (held.get("machine"), held.get("pid")) == (machine, pid)):
                 since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(held["acquired"]))
-                raise VolumeBusy(f"Set {name} is being backed up by {held['host']} (since {since}).",
+                raise VolumeBusy(f"Set {name} is being backed up by {lease_holder(held)} (since {since}).",
                                  f"Wait for that backup to finish; if {held['host']} crashed, the set is free "
                                  f"again {int(held['expires'] - time.time()) + 1} s from now.")
             vol = self.volume(account, name)
+            self.check_log(name, vol)
             self._remove_partial_uploads(vol)
-            lease = {"id": secrets.token_hex(16), "host": host, "acquired": time.time(),
-                     "expires": time.time() + self.lease_seconds, "packs": [], "pid": pid}
+            lease = {"id": secrets.token_hex(16), "host": host, "machine": machine, "pid": pid,
+                     "acquired": time.time(), "expires": time.time() + self.lease_seconds, "packs": []}
             self._save_lease(account, name, lease)
-            orphans = self._orphans(vol)
-        logger.info("event=lease account=%s set=%s host=%r", account, name, host)
-        return {"lease": lease["id"], "host": host, "seconds": self.lease_seconds,
+            orphans = self.orphan_packs(vol)
+        logger.info("event=lease account=%s set=%s host=%r machine=%s pid=%s", account, name, host, machine, pid)
+        return {"lease": lease["id"], "host": host, "seconds": self.lease_seconds, "acquired": lease["acquired"],
                 "head": (vol.seqs() or [0])[-1], "orphans": [{"name": n, "size": s} for n, s in orphans]}
 
     def _remove_partial_uploads(self, vol: Volume) -> None:
@@ -297,15 +327,16 @@ class SetStore:
                 if entry.startswith(TMP_PREFIX):
                     os.unlink(os.path.join(folder, entry))
 
-    def _orphans(self, vol: Volume) -> list[tuple[str, int]]:
+    def orphan_packs(self, vol: Volume) -> list[tuple[str, int]]:
+        """(name, size) of pack files that no commit names (a run died or was refused)."""
         live = {n for (n,) in vol.refresh().db.execute("SELECT name FROM packs")}
         return [(n, os.path.getsize(p)) for n, p in sorted(vol.all_pack_files().items()) if n not in live]
 
     def _check_lease(self, account: str, name: str, lease_id: str) -> dict:
         lease = self._current_lease(account, name)
         if lease is None or not secrets.compare_digest(lease["id"], lease_id or ""):
-            raise LeaseLost(f"This machine no longer holds set {name}: its lease expired or was taken over.",
-                            "Run the backup again.")
+            raise LeaseLost(f"This machine no longer holds set {name}: its lease expired before it was renewed.",
+                            "Run the backup again (check the network if this repeats).")
         return lease
 
     def renew_lease(self, account: str, name: str, lease_id: str) -> None:
@@ -370,7 +401,9 @@ class SetStore:
             self._usage_seen[account] = self._usage_stamp(account)
 
     def _drop_run(self, account: str, name: str, lease: dict) -> None:
-        """Remove the packs the lease holder uploaded and no commit names (quota refusal)."""
+        """Remove the packs the lease holder uploaded and no commit names (a refusal over
+        quota or for a full disk), and end its lease: the run is over, nothing more of it
+        gets in (an upload still on its way is refused before it is published)."""
         vol = self.volume(account, name)
         live = {n for (n,) in vol.refresh().db.execute("SELECT name FROM packs")}
         for pack_name in lease["packs"]:
@@ -383,8 +416,22 @@ class SetStore:
                 self._release(account, size)
             except FileNotFoundError:
                 pass
-        lease["packs"] = []
-        self._save_lease(account, name, lease)
+        os.unlink(self._lease_path(account, name))
+
+    def _note_run_pack(self, account: str, name: str, lease_id: str, pack_name: str) -> None:
+        """Add a pack to those the lease's run uploaded (removed if the run is refused);
+        LeaseLost if the run has ended meanwhile (refused, or its lease expired)."""
+        with self._cond(account, name):
+            lease = self._check_lease(account, name, lease_id)
+            lease["packs"].append(pack_name)
+            self._save_lease(account, name, lease)
+
+    def _refuse_run(self, account: str, name: str, lease_id: str) -> None:
+        """The disk filled during the lease's run: remove what it uploaded."""
+        with self._cond(account, name):
+            lease = self._current_lease(account, name)
+            if lease is not None and lease["id"] == lease_id:
+                self._drop_run(account, name, lease)
 
     # --- data in ---------------------------------------------------------------------
     def receive_pack(self, account: str, name: str, lease_id: str, pack_name: str, stream, length: int,
@@ -406,31 +453,30 @@ class SetStore:
                 self._drop_run(account, name, lease)
                 raise
         folder = os.path.dirname(final)
-        os.makedirs(folder, exist_ok=True)
         tmp = tmp_name(folder, "upload-")
-        f = open(tmp, "wb")
+        f = None
         try:
-            h = hashlib.sha256()
-            read_exactly(stream, length, lambda chunk: (h.update(chunk), f.write(chunk)))
-            if h.hexdigest() != pack_name:
-                raise CorruptData(f"Pack {pack_name} was rejected whole: its bytes hash to {h.hexdigest()}.",
-                                  "Send it again; it was damaged on the way.")
-            f.close()
-            packfmt.read_index(tmp)
-            publish(tmp, final)
-        except OSError as exc:
-            discard(f, tmp)
+            try:
+                os.makedirs(folder, exist_ok=True)
+                f = open(tmp, "wb")
+                h = hashlib.sha256()
+                read_exactly(stream, length, lambda chunk: (h.update(chunk), f.write(chunk)))
+                if h.hexdigest() != pack_name:
+                    raise CorruptData(f"Pack {pack_name} was rejected whole: its bytes hash to {h.hexdigest()}.",
+                                      "Send it again; it was damaged on the way.")
+                f.close()
+                packfmt.read_index(tmp)
+                self._note_run_pack(account, name, lease_id, pack_name)   # first, so a refused run removes it
+                publish(tmp, final)
+            except OSError as exc:
+                raise_if_full(exc, f"pack {pack_name}")
+        except BaseException as exc:
+            if f is not None:
+                discard(f, tmp)
             self._release(account, length)
-            raise_if_full(exc, f"pack {pack_name}")
-        except BaseException:
-            discard(f, tmp)
-            self._release(account, length)
+            if isinstance(exc, DiskFull):   # as over quota: keep nothing of the run, or every retry fails the same
+                self._refuse_run(account, name, lease_id)
             raise
-        with self._cond(account, name):
-            lease = self._current_lease(account, name)
-            if lease is not None and lease["id"] == lease_id:
-                lease["packs"].append(pack_name)
-                self._save_lease(account, name, lease)
         logger.info("event=pack account=%s set=%s pack=%s bytes=%d", account, name, pack_name, length)
         return True
 
@@ -450,6 +496,7 @@ class SetStore:
             try:
                 read_exactly(stream, length, lambda chunk: (h.update(chunk), f.write(chunk)))
                 f.close()
+                self.check_log(name, vol)
                 final = vol.commit_path(seq)
                 head = (vol.seqs() or [0])[-1]
                 if seq <= head:
@@ -477,7 +524,11 @@ class SetStore:
                     raise
             except OSError as exc:
                 discard(f, tmp)
-                raise_if_full(exc, f"commit {seq}")
+                try:
+                    raise_if_full(exc, f"commit {seq}")
+                except DiskFull:
+                    self._drop_run(account, name, lease)
+                    raise
             finally:
                 discard(f, tmp)
             lease["packs"] = []
