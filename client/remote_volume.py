@@ -182,10 +182,14 @@ class RemoteWriter(VolumeWriter):
             raise
 
     def claim(self) -> None:
-        """Take the set's lease (after the local lock, so two runs here cannot share one)."""
+        """Take the set's lease (after the local lock, so two runs here cannot share one).
+        Holding that lock, this process knows that a lease still held by this installation
+        is a dead run's (a SIGKILL, a power cut), so it asks to replace it at once instead of
+        waiting for it to expire; other machines' live leases are never taken over."""
         try:
             lease = self.remote.server.call("POST", self.remote.api("/lease"), json={
-                "host": config.host_name(), "machine": config.machine_id(), "pid": os.getpid()}).json()
+                "host": config.host_name(), "machine": config.machine_id(), "pid": os.getpid(),
+                "replaces_own": True}).json()
         except ServerError as exc:
             if exc.status == 409:
                 raise VolumeBusy(exc.message, exc.hint) from None

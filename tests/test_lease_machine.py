@@ -91,3 +91,33 @@ def test_a_lease_names_machine_and_process_and_only_that_process_takes_it_again(
             assert c.post("/api/v1/sets/docs/lease", json=bad).status_code == 400
         lease = again.json()["lease"]
         assert c.delete("/api/v1/sets/docs/lease", headers={"Ironcore-Lease": lease}).status_code == 200
+
+
+def test_a_machine_whose_run_was_killed_takes_its_own_lease_back_at_once(env, server, tmp_path):
+    """A run SIGKILLed while it holds the lease leaves it live on the server for minutes;
+    the next run on the same installation, holding that installation's lock on the set,
+    replaces it at once (another machine still may not)."""
+    src = tmp_path / "src"
+    make_tree(src, random.Random(16), big=24 * MiB)
+    login(env, server.url)
+    add_server_set(env, "docs", src)
+    env.ironcore("set", "edit", "docs", "--bandwidth-limit", "3M")
+    other = machine(tmp_path, "other")
+    login(other, server.url)
+    running = subprocess.Popen([BIN / "ironcore", "backup", "docs"], env=env.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: lease_of(server), 120, "the backup to take the lease", running)
+    finally:
+        running.kill()
+        running.wait()
+    held = lease_of(server)
+    assert held is not None and held["expires"] > __import__("time").time() + 30, held
+    refused = other.ironcore("backup", "docs", check=False)
+    assert refused.returncode == 4, refused.stderr
+    env.ironcore("set", "edit", "docs", "--bandwidth-limit", "unlimited")
+    assert json.loads(env.ironcore("backup", "docs", "--json").stdout)["snapshot"] == 1
+    out = tmp_path / "out"
+    other.ironcore("restore", "docs", "--to", out)
+    assert_same_tree(src, other.restored(out, src))
+    verify_clean(other, server.root)

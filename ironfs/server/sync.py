@@ -142,7 +142,11 @@ class SyncApi:
             raise UsageError("A lease's machine is the installation's id: 32 hex digits.")
         if pid is not None and not (type(pid) is int and 0 < pid < 1 << 32):
             raise UsageError("A lease's pid is the holder's process number.")
-        return json_response(self.sets.acquire_lease(account["name"], set_name, host, pid, machine), 201)
+        replaces_own = body.get("replaces_own", False)
+        if type(replaces_own) is not bool:
+            raise UsageError("A lease's replaces_own is true or false.")
+        return json_response(self.sets.acquire_lease(account["name"], set_name, host, pid, machine, replaces_own),
+                             201)
 
     def renew_lease(self, request, account, set_name):
         self.sets.renew_lease(account["name"], set_name, request.headers.get(LEASE_HEADER, ""))

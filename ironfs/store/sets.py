@@ -293,16 +293,18 @@ class SetStore:
         write_atomic(self._lease_path(account, name), json.dumps(lease).encode())
 
     def acquire_lease(self, account: str, name: str, host: str, pid: int | None = None,
-                      machine: str | None = LOCAL_MACHINE) -> dict:
+                      machine: str | None = LOCAL_MACHINE, replaces_own: bool = False) -> dict:
         """The set for one writer, named by its machine id and process: a live lease is never
         taken over (other machines, even of the same host name, get VolumeBusy naming the
-        holder); only the very same process may take it again (a retry whose answer was lost).
+        holder); only the very same process may take it again (a retry whose answer was lost),
+        or, with `replaces_own`, another process of the same machine, which says so because
+        it holds that machine's lock on the set (so the holder's run is dead).
         The answer lists orphan packs (uploaded by a run that never committed) to adopt."""
         self.require(account, name)
         with self._cond(account, name):
             held = self._current_lease(account, name)
-            if held is not None and not (machine is not None and pid is not None
-                                         and (held.get("machine"), held.get("pid")) == (machine, pid)):
+            same_machine = machine is not None and held is not None and held.get("machine") == machine
+            if held is not None and not (same_machine and (replaces_own or held.get("pid") == pid)):
                 since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(held["acquired"]))
                 raise VolumeBusy(f"Set {name} is being backed up by {lease_holder(held)} (since {since}).",
                                  f"Wait for that backup to finish; if {held['host']} crashed, the set is free "
