@@ -188,7 +188,7 @@ def test_malformed_bodies_and_parameters_get_400_and_the_server_keeps_serving(se
     # a declared JSON body over 1 MiB is refused before it is read
     (status, _, answer), = parse_responses(raw_exchange(
         server, http_request("PUT", "/api/v1/sets/x", b"", ["Connection: close"], length=(1 << 20) + 1)))
-    assert status == 400 and "too large" in json.loads(answer)["error"]
+    assert status == 413 and "too large" in json.loads(answer)["error"]
     assert_alive(server)
     with api(server, ALICE) as c:
         assert c.get("/api/v1/sets").json() == []    # none of it made a set
