@@ -487,11 +487,14 @@ def test_silent_and_slow_clients_do_not_stall_the_others(server):
     """Connections that never start TLS, and a hundred that trickle their headers
     (slowloris), leave the server answering everyone else at once."""
     import time
-    silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(50)]
+
+    def connect(i):   # from several addresses: one alone may hold only 64 connections (test_server_limits.py)
+        return socket.create_connection(("127.0.0.1", server.port), source_address=(f"127.0.3.{i % 8 + 1}", 0))
+    silent = [connect(i) for i in range(50)]
     ctx = tls(server)
     slow = []
-    for _ in range(100):
-        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.port)), server_hostname="localhost")
+    for i in range(100):
+        s = ctx.wrap_socket(connect(i), server_hostname="localhost")
         s.sendall(b"GET /api/v1/whoami HTTP/1.1\r\nHost: 127.0.0.1\r\n")   # and never the blank line
         slow.append(s)
     try:
