@@ -154,7 +154,7 @@ class FrontConnectionManager(connections.ConnectionManager):
 
     def __init__(self, server):
         super().__init__(server)
-        self.admissions = Admissions()
+        self.admissions = Admissions(total=server.max_connections)
 
     def put(self, conn):
         """A worker is done with a kept-alive connection: wait here for its next request."""
@@ -325,6 +325,7 @@ class FrontServer(wsgi.Server):
     leaves behind hold the port it got for a minute)."""
 
     ConnectionClass = FrontConnection
+    max_connections = MAX_CONNECTIONS   # lower where the descriptor limit leaves less room
 
     def bind(self, family, type, proto=0):
         super().bind(family, type, proto)
@@ -335,4 +336,4 @@ class FrontServer(wsgi.Server):
         self._connections.close()   # cheroot's own manager, replaced before it served anything
         self._connections = FrontConnectionManager(self)
         self.socket.setblocking(False)
-        self.keep_alive_conn_limit = MAX_CONNECTIONS
+        self.keep_alive_conn_limit = self.max_connections

@@ -61,12 +61,15 @@ def with_hsts(app):
     return hsts_app
 
 
-def raise_descriptor_limit() -> None:
-    """Room for MAX_CONNECTIONS open connections, as far as the hard limit allows."""
+def raise_descriptor_limit() -> int:
+    """Room for MAX_CONNECTIONS open connections, as far as the hard limit allows;
+    how many connections the limit then leaves room for."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = MAX_CONNECTIONS + SPARE_DESCRIPTORS
     if soft != resource.RLIM_INFINITY and soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
+        soft = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else max(1, min(MAX_CONNECTIONS, soft - SPARE_DESCRIPTORS))
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -118,10 +121,11 @@ def serve(root, listen: str, plain_http: bool = False, lease_seconds: float = LE
     sets = SetStore(root, lease_seconds)
     api = ApiApp(root, sets=sets, read_only=read_only)
     app = wsgi.PathInfoDispatcher({"/dav": dav_app(root, sets, api.auth.limiter), "/": api})
-    raise_descriptor_limit()
+    room = raise_descriptor_limit()
     server = FrontServer((host, port), app if plain_http else with_hsts(app), numthreads=WORKERS,
                          timeout=SOCKET_TIMEOUT, server_name="ironcore", request_queue_size=LISTEN_BACKLOG)
     server.max_request_header_size = MAX_HEADER_BYTES
+    server.max_connections = room
     server.error_log = connection_log
     if not plain_http:
         server.ssl_adapter = DeferredHandshakeTLS(root.cert_path, root.key_path)
