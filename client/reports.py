@@ -11,6 +11,7 @@ from client import config
 from ironfs.errors import IroncoreError
 from ironfs.format.fsutil import write_atomic
 from ironfs.format.snapshots import snapshot_name
+from ironfs.server.reports import REPORT_MAX_BYTES
 from ironfs.store.sizes import format_size
 
 logger = logging.getLogger(__name__)
@@ -36,10 +37,10 @@ def send(server, report: dict) -> bool:
         try:
             with open(path) as f:
                 waiting = json.load(f)
-            server.call("POST", f"/api/v1/sets/{waiting['set']}/reports", json=waiting, retry_for=10)
+            server.call("POST", f"/api/v1/sets/{waiting['set']}/reports", json=fitted(waiting), retry_for=10)
         except (IroncoreError, ValueError, KeyError) as exc:
             message = getattr(exc, "message", str(exc))
-            if getattr(exc, "status", None) in (400, 404):   # the set is gone or the report is refused: drop it
+            if getattr(exc, "status", None) in (400, 404, 413):   # the set is gone or the report refused: drop it
                 logger.warning("event=report-dropped file=%s error=%r", name, message)
                 os.unlink(path)
                 continue
@@ -48,6 +49,16 @@ def send(server, report: dict) -> bool:
             break
         os.unlink(path)
     return sent_all
+
+
+def fitted(report: dict) -> dict:
+    """The report within the server's REPORT_MAX_BYTES: fewer failed files named if
+    need be (`files_failed` still counts them all)."""
+    failed = report.get("failed") or []
+    while failed and len(json.dumps(report)) > REPORT_MAX_BYTES:
+        failed = failed[:len(failed) // 2]
+        report = dict(report, failed=failed)
+    return report
 
 
 def line(report: dict) -> str:

@@ -24,6 +24,14 @@ logger = logging.getLogger(__name__)
 MAX_JSON_BODY = 1 << 20
 
 
+class BodyTooLarge(UsageError):
+    """Answered 413, and cheroot then closes the connection rather than read the rest."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"The request body is too large (at most {limit} bytes here).",
+                         "Send less in one request.")
+
+
 class Metrics:
     """Counters for /metrics (Prometheus text format)."""
 
@@ -135,6 +143,11 @@ class ApiApp:
             response = json_response({"error": exc.message, "hint": exc.hint}, 415)
         except NotFound as exc:
             response = json_response({"error": exc.message, "hint": exc.hint}, 404)
+        except BodyTooLarge as exc:
+            response = json_response({"error": exc.message, "hint": exc.hint}, 413)
+        except sync.TooManyLongPolls as exc:
+            response = json_response({"error": exc.message, "hint": exc.hint}, 429,
+                                     {"Retry-After": str(exc.retry_after)})
         except (UsageError, CorruptData) as exc:
             response = json_response({"error": exc.message, "hint": exc.hint}, 400)
         except (QuotaExceeded, DiskFull) as exc:
@@ -152,11 +165,16 @@ class ApiApp:
                     response.status_code, request.remote_addr, (time.monotonic() - started) * 1000)
         return response(environ, start_response)
 
-    def _json_body(self, request: Request) -> dict:
-        if (request.content_length or 0) > MAX_JSON_BODY:
-            raise UsageError("The request body is too large.")
+    def _json_body(self, request: Request, limit: int = MAX_JSON_BODY) -> dict:
+        """The body as a JSON object, read no further than `limit` bytes whatever its
+        framing (a chunked body declares no length)."""
+        if (request.content_length or 0) > limit:
+            raise BodyTooLarge(limit)
+        raw = request.stream.read(limit + 1)
+        if len(raw) > limit:
+            raise BodyTooLarge(limit)
         try:
-            data = json.loads(request.get_data(cache=False) or b"{}")
+            data = json.loads(raw or b"{}")
         except (ValueError, RecursionError):
             raise UsageError("The request body is not JSON (or nests too deeply).") from None
         if not isinstance(data, dict):

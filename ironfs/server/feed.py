@@ -121,12 +121,16 @@ class FeedApi:
             raise UsageError(f"wait is a number of seconds (0 to {LONG_POLL_MAX:.0f}).")
         deadline = time.monotonic() + min(wait, LONG_POLL_MAX)
         seen = self.sets.changes
-        while True:
-            state = self.state()
-            left = deadline - time.monotonic()
-            if state["generation"] != after or left <= 0 or self.sets.closing:
-                return json_response(state)
-            seen = self.sets.wait_for_change(seen, min(left, RECHECK_S))
+        state = self.state()
+        if state["generation"] != after or wait <= 0:
+            return json_response(state)
+        with self.sync.long_polls.hold(account["name"]):   # only a poll that will wait holds a place
+            while True:
+                left = deadline - time.monotonic()
+                if state["generation"] != after or left <= 0 or self.sets.closing:
+                    return json_response(state)
+                seen = self.sets.wait_for_change(seen, min(left, RECHECK_S))
+                state = self.state()
 
     def _volume_dir(self, account_name: str, set_name: str) -> str:
         check_account_name(account_name)

@@ -3,7 +3,9 @@ by hand) posts one; `ironcore reports SET` and the console read them.
 
     <root>/accounts/<account>/<set>/reports/<received_ns>-<random>.json
 
-One file per report, written atomically; the newest KEEP are kept per set.
+One file per report, written atomically, at most REPORT_MAX_BYTES each; the
+newest KEEP are kept per set, and fewer when they would pass SET_MAX_BYTES:
+reports sit outside the account's quota, so they are bounded here instead.
 The server adds `id`, `received_ns` and `account`; the rest is the client's
 (FORMAT: docs/API.md), checked for shape and size, never trusted for paths."""
 import json
@@ -19,6 +21,8 @@ from ironfs.format.fsutil import write_atomic
 from ironfs.server.responses import json_response
 
 KEEP = 500                 # reports kept per set
+REPORT_MAX_BYTES = 256 * 1024     # one report as posted
+SET_MAX_BYTES = 16 * 1024 * 1024  # all of a set's reports together
 LIST_MAX = 1000
 STATUSES = {"ok", "warning", "failed", "skipped", "stopped"}
 REQUIRED = {"status": str, "started_ns": int}
@@ -41,7 +45,7 @@ class ReportsApi:
         return os.path.join(self.sets.require(account, set_name), "reports")
 
     def add_report(self, request, account, set_name):
-        report = self.json_body(request)
+        report = self.json_body(request, REPORT_MAX_BYTES)
         for key, kind in REQUIRED.items():
             if not isinstance(report.get(key), kind):
                 raise UsageError(f"A report needs {key!r} ({kind.__name__}).")
@@ -55,9 +59,7 @@ class ReportsApi:
         with self._lock:
             os.makedirs(folder, mode=0o700, exist_ok=True)
             write_atomic(os.path.join(folder, report_id + ".json"), json.dumps(stored).encode())
-            names = self._names(folder)
-            for old in names[:-KEEP]:
-                os.unlink(os.path.join(folder, old))
+            self._prune(folder)
         return json_response({"id": report_id}, 201)
 
     def list_reports(self, request, account, set_name):
@@ -77,6 +79,20 @@ class ReportsApi:
             except (FileNotFoundError, ValueError):
                 continue   # pruned meanwhile
         return json_response(out)
+
+    def _prune(self, folder: str) -> None:
+        """Drop the oldest reports beyond KEEP or SET_MAX_BYTES (the newest always stays)."""
+        kept, total = 0, 0
+        for name in reversed(self._names(folder)):
+            path = os.path.join(folder, name)
+            try:
+                size = os.path.getsize(path)
+            except FileNotFoundError:
+                continue
+            if kept and (kept >= KEEP or total + size > SET_MAX_BYTES):
+                os.unlink(path)
+                continue
+            kept, total = kept + 1, total + size
 
     @staticmethod
     def _names(folder: str) -> list[str]:

@@ -8,6 +8,9 @@ route removes a snapshot or a pack."""
 import logging
 import math
 import os
+import threading
+from collections import Counter
+from contextlib import contextmanager
 
 from werkzeug.routing import Rule
 from werkzeug.wrappers import Request, Response
@@ -22,6 +25,9 @@ from ironfs.store.sets import MACHINE_ID_RE, PACK_NAME_RE
 logger = logging.getLogger(__name__)
 
 LONG_POLL_MAX = 60.0
+LONG_POLLS_PER_ACCOUNT = 4   # long polls one account may have waiting at once (each holds a worker)
+LONG_POLLS_TOTAL = 32        # and all accounts together: a quarter of serve.WORKERS
+LONG_POLL_RETRY_S = 5
 MAX_BLOB_QUERY = 100_000
 LEASE_HEADER = "Ironcore-Lease"
 SEND_CHUNK = 256 * 1024   # file bodies go out in pieces this big (werkzeug's default 8 KiB costs a call each)
@@ -38,6 +44,36 @@ def pack_name(name: str) -> str:
     if not PACK_NAME_RE.fullmatch(name):
         raise UsageError(f"{name!r} is not a pack name.")
     return name
+
+
+class TooManyLongPolls(IroncoreError):
+    """Answered 429 with Retry-After."""
+
+    def __init__(self):
+        super().__init__("Too many long polls are waiting for this account (or this server).",
+                         f"Wait {LONG_POLL_RETRY_S} s and ask again, or ask without 'wait'.")
+        self.retry_after = LONG_POLL_RETRY_S
+
+
+class LongPolls:
+    """Counts the long polls waiting, so they cannot take every worker; thread-safe."""
+
+    def __init__(self, per_account: int = LONG_POLLS_PER_ACCOUNT, total: int = LONG_POLLS_TOTAL):
+        self.per_account, self.total = per_account, total
+        self._waiting: Counter = Counter()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def hold(self, account_name: str):
+        with self._lock:
+            if self._waiting[account_name] >= self.per_account or self._waiting.total() >= self.total:
+                raise TooManyLongPolls()
+            self._waiting[account_name] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._waiting[account_name] -= 1
 
 
 RULES = [
@@ -67,6 +103,7 @@ class SyncApi:
 
     def __init__(self, root, sets, metrics, json_body):
         self.root, self.sets, self.metrics, self.json_body = root, sets, metrics, json_body
+        self.long_polls = LongPolls()
 
     # --- sets and their settings ----------------------------------------------------------
     def list_sets(self, request, account):
@@ -227,7 +264,10 @@ class SyncApi:
         if not (math.isfinite(wait) and wait >= 0 and after >= 0):
             raise UsageError(f"after is a commit number and wait a number of seconds (0 to {LONG_POLL_MAX:.0f}).")
         wait = min(wait, LONG_POLL_MAX)
-        head = self.sets.wait_for_commit(account["name"], set_name, after, wait)
+        head = self.sets.wait_for_commit(account["name"], set_name, after, 0)
+        if head <= after and wait > 0:
+            with self.long_polls.hold(account["name"]):   # only a poll that will wait holds a place
+                head = self.sets.wait_for_commit(account["name"], set_name, after, wait)
         return json_response({"head": head, "seqs": list(range(after + 1, head + 1))})
 
     def get_commit(self, request, account, set_name, seq):
