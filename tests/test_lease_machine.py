@@ -7,6 +7,7 @@ import os
 import random
 import ssl
 import subprocess
+import time
 
 import httpx
 
@@ -112,7 +113,7 @@ def test_a_machine_whose_run_was_killed_takes_its_own_lease_back_at_once(env, se
         running.kill()
         running.wait()
     held = lease_of(server)
-    assert held is not None and held["expires"] > __import__("time").time() + 30, held
+    assert held is not None and held["expires"] > time.time() + 30, held
     refused = other.ironcore("backup", "docs", check=False)
     assert refused.returncode == 4, refused.stderr
     env.ironcore("set", "edit", "docs", "--bandwidth-limit", "unlimited")
