@@ -340,10 +340,19 @@ class RetryNotice:
         self.stream.flush()
 
 
-def connect(retry_seconds: float = RETRY_SECONDS) -> ServerClient:
+def connect(retry_seconds: float = RETRY_SECONDS, password: str | None = None) -> ServerClient:
     """A client for the server this machine is logged in to; a call keeps trying an
     unreachable server for `retry_seconds` (less for commands someone waits at),
-    saying so on stderr."""
+    saying so on stderr. With `password` it acts with the account password (what
+    the owner may do: docs/SECURITY.md), else with this machine's token."""
     state = load_state()
-    return ServerClient(state["url"], state["cert_pem"], token=state["token"], retry_seconds=retry_seconds,
-                        notice=RetryNotice())
+    credentials = {"auth": (state["account"], password)} if password is not None else {"token": state["token"]}
+    return ServerClient(state["url"], state["cert_pem"], retry_seconds=retry_seconds, notice=RetryNotice(),
+                        **credentials)
+
+
+def connect_owner(password_stdin: bool, retry_seconds: float = INTERACTIVE_RETRY_SECONDS) -> ServerClient:
+    """`connect` with the account password, read from --password-stdin, IRONCORE_PASSWORD
+    or a prompt: for what a machine's token alone may not do at once."""
+    password = config.read_secret(password_stdin, prompt="Account password: ").decode()
+    return connect(retry_seconds, password=password)

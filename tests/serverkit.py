@@ -1,5 +1,7 @@
 """A real `ironfs serve` process on loopback for tests, and the steps every
 server test starts with (a data root, an account, a logged-in client)."""
+import json
+import os
 import signal
 import subprocess
 import threading
@@ -53,6 +55,20 @@ class Server:
         """Everything the stopped server printed."""
         self._stderr_reader.join()
         return self.proc.stdout.read() + bytes(self._stderr)
+
+
+def advance_clock(root, seconds: float) -> float:
+    """Move the server clock of data root `root` forward (ironfs/store/clock.py): a
+    running server sees the new offset at its next look at the time. The new offset."""
+    path = os.path.join(root, "ironfs.json")
+    with open(path) as f:
+        settings = json.load(f)
+    settings["clock_offset_s"] = settings.get("clock_offset_s", 0) + seconds
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(settings, f)
+    os.replace(tmp, path)
+    return settings["clock_offset_s"]
 
 
 def make_root(env, path):

@@ -62,6 +62,10 @@ def test_temporal_tree_lists_each_snapshot(volume):
     # a version that did not change costs no row: y has one version across s1 and s2
     assert cat.db.execute("SELECT count(*) FROM versions WHERE path=(SELECT id FROM paths WHERE name=?)",
                           (b"y",)).fetchone()[0] == 1
+    # the whole history of one path, in one query
+    assert [(e.size, died) for e, died in cat.path_versions(b"a/x")] == [(1, s2), (7, None)]
+    assert [died for _, died in cat.path_versions(b"a/y")] == [s3]
+    assert cat.path_versions(b"a/nothing") == [] and cat.path_versions(b"b/x") == []
 
 
 def test_deleted_or_damaged_catalog_is_rebuilt_identically(volume):

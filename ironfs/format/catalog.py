@@ -404,6 +404,17 @@ class Catalog:
             parent = entry.path_id
         return entry
 
+    def path_versions(self, path: bytes) -> list[tuple[Entry, int | None]]:
+        """Every version `path` has had over the whole history, oldest first, each with
+        the commit that ended it (None: it still lives); one indexed query, whatever the
+        number of snapshots. Empty if the path never existed."""
+        pid = self._path_id(path, create=False)
+        if pid is None:
+            return []
+        rows = self.db.execute(ENTRY_SELECT.replace(" FROM ", ", v.died FROM ", 1)
+                               + "WHERE p.id = ? ORDER BY v.born", (pid,))
+        return [(Entry.from_row(r[:-1]), r[-1]) for r in rows]
+
     def link_group(self, link: int, snapshot: int) -> tuple[int, int]:
         """(how many paths of hard-link group `link` live in `snapshot`, the smallest
         of their path ids): a file's link count, and one inode number for the group."""

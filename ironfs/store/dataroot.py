@@ -1,7 +1,7 @@
 """A server's data root: settings, TLS identity, the account store and one folder
 of volumes per account.
 
-    <root>/ironfs.json        format and settings
+    <root>/ironfs.json        format and settings (and a test clock's offset: store/clock.py)
     <root>/tls/cert.pem       self-signed certificate made by `ironfs init`
     <root>/tls/key.pem        its private key (0600)
     <root>/accounts.db        AccountStore
@@ -23,6 +23,7 @@ from cryptography.x509.oid import NameOID
 from ironfs.errors import MissingData, UsageError, VolumeFormatError
 from ironfs.format.fsutil import write_atomic
 from ironfs.store.accounts import AccountStore
+from ironfs.store.clock import ServerClock
 
 FORMAT = 1
 CERT_DAYS = 3650
@@ -76,6 +77,7 @@ class DataRoot:
             raise VolumeFormatError(f"{self.path} has data root format {self.settings.get('format')!r}; "
                                     f"this program reads format {FORMAT}.")
         self._local = threading.local()
+        self.clock = ServerClock(os.path.join(self.path, "ironfs.json"))
 
     @classmethod
     def init(cls, path: str, admin_name: str, admin_password: str) -> "DataRoot":
