@@ -24,7 +24,7 @@ from conftest import Env
 from ironfs.server.auth import MAX_FAILURES, WINDOW_S, FailureLimiter, TooManyFailures
 from ironfs.store.dataroot import DataRoot
 from serverkit import ADMIN_PW, Server, login, make_root, server  # noqa: F401 (server is a fixture)
-from test_dav import drain
+from test_dav import drain, server_log
 from test_remote import add_server_set
 
 ALICE = ("alice", "alice pw")
@@ -79,7 +79,7 @@ def site(tmp_path_factory):
         yield srv
     finally:
         code = srv.stop()
-    assert code == 0, srv.log[-4000:].decode(errors="replace")
+    assert code == 0, server_log(srv)
 
 
 # --- 7: the limit holds while a session is cached ----------------------------------------

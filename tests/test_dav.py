@@ -72,16 +72,21 @@ class Share:
 
 
 def drain(server: Server) -> None:
-    """Read the server's stdout and stderr as it runs: it logs a line per request
-    there, and a full pipe would stop it mid-test. The last bytes are kept."""
+    """Read the server's stdout as it runs (serverkit reads its stderr, where it logs
+    a line per request): a full pipe would stop it mid-test. `server.log` keeps the
+    last bytes of stdout; `server_log` gives both."""
     server.log = bytearray()
 
     def pump(stream):
         for line in iter(stream.readline, b""):
             server.log += line
             del server.log[:-256 * KiB]
-    for stream in (server.proc.stdout, server.proc.stderr):
-        threading.Thread(target=pump, args=(stream,), daemon=True).start()
+    threading.Thread(target=pump, args=(server.proc.stdout,), daemon=True).start()
+
+
+def server_log(server: Server, tail: int = 4000) -> str:
+    """The last `tail` bytes the running server printed, stdout then stderr, for a failure message."""
+    return (bytes(server.log) + bytes(server._stderr))[-tail:].decode(errors="replace")
 
 
 def dav_snapshot_names(snaps: list[dict]) -> dict[int, str]:
@@ -158,7 +163,7 @@ def share(tmp_path_factory):
         yield Share(env, server, tmp, src, copies, dav_snapshot_names(snaps), vault_src)
     finally:
         code = server.stop()
-    assert code == 0, server.log[-4000:].decode(errors="replace")
+    assert code == 0, server_log(server)
 
 
 @pytest.fixture
